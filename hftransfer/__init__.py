@@ -1,0 +1,55 @@
+"""hftransfer: transfer learning with ImageNet VGG backbones, the Hugging Face way.
+
+Importing the package registers the model with the transformers Auto classes, so that inside an environment with
+hftransfer installed no remote code is needed; saved checkpoints also carry their code (`auto_map`) for
+environments without it.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+
+from .configuration_hftransfer import TransferConfig
+from .image_processing_hftransfer import TransferImageProcessor, convert_to_rgb_image
+from .modeling_hftransfer import (
+    TransferBackbone,
+    TransferForImageClassification,
+    TransferModel,
+    TransferModelOutput,
+    TransferPreTrainedModel,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register(TransferConfig.model_type, TransferConfig, exist_ok=True)
+AutoModel.register(TransferConfig, TransferModel, exist_ok=True)
+AutoModelForImageClassification.register(TransferConfig, TransferForImageClassification, exist_ok=True)
+AutoImageProcessor.register(TransferConfig, image_processor_classes={"torchvision": TransferImageProcessor}, exist_ok=True)
+
+# `save_pretrained` then writes the code files and `auto_map`, for `trust_remote_code=True` loading elsewhere.
+TransferConfig.register_for_auto_class()
+TransferModel.register_for_auto_class("AutoModel")
+TransferForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+TransferImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+
+def __getattr__(name: str):
+    # Heavier entry points (weights conversion, data, training) are imported on first use so that
+    # `import hftransfer` stays cheap.
+    lazy = {"create_model": "weights", "load_backbone_weights": "weights", "load_image_classification_dataset": "data"}
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(f".{lazy[name]}", __name__), name)
+    raise AttributeError(f"module 'hftransfer' has no attribute {name!r}")
+
+
+__all__ = [
+    "TransferBackbone",
+    "TransferConfig",
+    "TransferForImageClassification",
+    "TransferImageProcessor",
+    "TransferModel",
+    "TransferModelOutput",
+    "TransferPreTrainedModel",
+    "__version__",
+    "convert_to_rgb_image",
+]
