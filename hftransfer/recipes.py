@@ -1,0 +1,369 @@
+"""Recipe schema: the dataclasses a YAML recipe is parsed into, with `help` metadata for `hftransfer train --help`.
+
+A recipe has five sections: `model`, `data`, `stages` (a list), `training` and `hub`. Unknown or mistyped keys are
+errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRAINABLE_CHOICES = ("head", "all", "last_k")
+AUGMENTATION_CHOICES = ("none", "light", "strong")
+PRECISION_CHOICES = ("no", "fp16", "bf16")
+
+
+class RecipeError(ValueError):
+    """A recipe (YAML file or command-line override) is invalid; the message names the key and what is expected."""
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone, which weights, which head."""
+
+    backbone: str = field(default="vgg16", metadata={"help": "timm VGG conv base: vgg11/13/16/19, optionally _bn."})
+    backbone_weights: str | None = field(
+        default="keras-imagenet",
+        metadata={
+            "help": "Backbone weight source: 'keras-imagenet' (offline ImageNet VGG16), a timm/Hub id such as "
+            "'timm/vgg16.tv_in1k', a local .safetensors/.pth/.h5/.onnx file, or 'random'."
+        },
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "Start from a trained hftransfer model (local dir or Hub repo id) instead of a new head."},
+    )
+    image_size: int = field(default=224, metadata={"help": "Square input resolution, a multiple of 32."})
+    head: str = field(default="classification", metadata={"help": "'classification' or 'fusion'."})
+    pooling: str = field(default="flatten", metadata={"help": "'flatten' (Keras Flatten), 'avg', 'max' or 'avgmax'."})
+    hidden_sizes: list[int] = field(default_factory=lambda: [1024], metadata={"help": "Hidden dense layer widths."})
+    activation: str = field(default="relu", metadata={"help": "Activation of the hidden layers."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout after each hidden layer, in [0, 1)."})
+    fusion_stages: list[int] | None = field(
+        default=None, metadata={"help": "Backbone stages (0..4) pooled and concatenated by a fusion head."}
+    )
+    resize_mode: str = field(
+        default="exact", metadata={"help": "'exact' resize to image_size, or 'crop' (shortest edge + center crop)."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are transformed."""
+
+    dataset: str = field(
+        default="fashion-mnist-subset",
+        metadata={
+            "help": "A short name of an embedded dataset, a local image folder, a CSV/JSONL/parquet file, or a Hub "
+            "dataset name."
+        },
+    )
+    image_column: str | None = field(default=None, metadata={"help": "Image column (detected when unset)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (detected when unset)."})
+    validation_split: float = field(
+        default=0.1, metadata={"help": "Fraction of train held out (stratified) when the source has no validation."}
+    )
+    test_split: str | None = field(
+        default="test", metadata={"help": "Split used for the final evaluation (falls back to validation)."}
+    )
+    extra_feature_columns: list[str] = field(
+        default_factory=list, metadata={"help": "Numeric columns fed to a fusion head as `extra_features`."}
+    )
+    augmentation: str = field(
+        default="none",
+        metadata={"help": "'none' (deterministic: frozen stages use cached features), 'light' or 'strong'."},
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (quick experiments)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
+    on_bad_image: str = field(default="error", metadata={"help": "'error' or 'skip' undecodable images (logged)."})
+
+
+@dataclass
+class StageArguments:
+    """One stage of staged fine-tuning, trained by a fresh Trainer (fresh optimizer, scheduler and DDP wrap)."""
+
+    name: str = field(default="stage", metadata={"help": "Stage name (checkpoint folders, logs, model card)."})
+    epochs: float = field(default=1.0, metadata={"help": "Number of epochs."})
+    max_steps: int = field(default=-1, metadata={"help": "Overrides epochs when > 0."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of the head."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Warmup fraction of the stage's steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay."})
+    optimizer: str = field(default="adamw_torch", metadata={"help": "transformers `optim` name."})
+    trainable: str = field(
+        default="head", metadata={"help": "'head' (backbone frozen), 'all', or 'last_k' (the last k blocks)."}
+    )
+    last_k_blocks: int | None = field(default=None, metadata={"help": "k for trainable='last_k' (1..5)."})
+    backbone_lr_scale: float = field(
+        default=1.0, metadata={"help": "Discriminative LR: backbone groups train at learning_rate x this."}
+    )
+    cache_features: bool = field(
+        default=True,
+        metadata={"help": "Head-only stage with deterministic transforms: train on cached backbone features."},
+    )
+
+
+@dataclass
+class TrainingArguments:
+    """Settings shared by all stages (a subset of transformers' `TrainingArguments`)."""
+
+    output_dir: str = field(default="outputs/hftransfer", metadata={"help": "Where models, metrics, plots go."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Batch size per device for evaluation."})
+    precision: str = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16' (never bf16 on CPU: 40x slower)."})
+    seed: int = field(default=42, metadata={"help": "Random seed (data order, head init, augmentation)."})
+    logging_steps: int = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "'epoch', 'steps' or 'no'."})
+    save_strategy: str = field(default="epoch", metadata={"help": "'epoch', 'steps' or 'no'."})
+    save_steps: int = field(default=500, metadata={"help": "Checkpoint interval for save_strategy='steps'."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept per stage."})
+    report_to: list[str] = field(default_factory=lambda: ["none"], metadata={"help": "Trainer integrations."})
+    dataloader_num_workers: int = field(default=2, metadata={"help": "DataLoader worker processes."})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model."})
+    channels_last: bool = field(default=False, metadata={"help": "channels_last memory format (GPU: faster)."})
+    use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is present."})
+    feature_cache_dir: str | None = field(
+        default=None, metadata={"help": "Cached backbone features (default: $HFTRANSFER_CACHE/features)."}
+    )
+
+
+@dataclass
+class HubArguments:
+    """Sharing the result on the Hub at the end of training (rank 0 only)."""
+
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the final model, card and artifacts."})
+    repo_id: str | None = field(default=None, metadata={"help": "Target repo, 'user/name'."})
+    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to (default main)."})
+    license: str = field(default="apache-2.0", metadata={"help": "License in the model card metadata."})
+
+
+@dataclass
+class Recipe:
+    """A whole training recipe: model, data, stages, training settings and Hub settings."""
+
+    name: str = "hftransfer"
+    description: str = ""
+    model: ModelArguments = field(default_factory=ModelArguments)
+    data: DataArguments = field(default_factory=DataArguments)
+    stages: list[StageArguments] = field(
+        default_factory=lambda: [
+            StageArguments(name="frozen", epochs=3, learning_rate=1e-3, trainable="head"),
+            StageArguments(name="finetune", epochs=2, learning_rate=1e-4, trainable="all", backbone_lr_scale=0.1),
+        ]
+    )
+    training: TrainingArguments = field(default_factory=TrainingArguments)
+    hub: HubArguments = field(default_factory=HubArguments)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelArguments,
+    "data": DataArguments,
+    "training": TrainingArguments,
+    "hub": HubArguments,
+}
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(sorted(valid))}."
+
+
+def _coerce(where: str, value: Any, annotation: Any) -> Any:
+    """Check/convert a YAML or command-line value against a dataclass field annotation."""
+    # Annotations are strings here (`from __future__ import annotations`): "int", "str | None", "list[int]", ...
+    text = annotation if isinstance(annotation, str) else str(annotation)
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise RecipeError(f"{where}: null is not allowed, expected {text}.")
+    base = text.replace(" | None", "").strip()
+    try:
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base == "str":
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+        if base.startswith("list["):
+            item = base[5:-1]
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError
+            return [_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    except (TypeError, ValueError):
+        raise RecipeError(f"{where}={value!r} is invalid: expected {text}.") from None
+    return value
+
+
+def _build_section(section: str, cls: type, values: Any) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise RecipeError(
+            f"Recipe section '{section}' must be a mapping of keys to values, got {type(values).__name__}."
+        )
+    valid = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise RecipeError(f"Unknown key '{section}.{key}' in recipe.{_closest(key, list(valid))}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, valid[key].type)
+    return cls(**kwargs)
+
+
+def _validate(recipe: Recipe) -> None:
+    if not recipe.stages:
+        raise RecipeError("Recipe has no stages: expected at least one entry under 'stages'.")
+    names = [s.name for s in recipe.stages]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"Stage names must be unique, got {names}.")
+    for i, stage in enumerate(recipe.stages):
+        where = f"stages[{i}] ({stage.name})"
+        if stage.trainable not in TRAINABLE_CHOICES:
+            raise RecipeError(
+                f"{where}.trainable={stage.trainable!r} is invalid: expected one of {TRAINABLE_CHOICES}."
+            )
+        if stage.trainable == "last_k" and (stage.last_k_blocks is None or not 1 <= stage.last_k_blocks <= 5):
+            raise RecipeError(f"{where}.last_k_blocks={stage.last_k_blocks!r} is invalid: expected 1..5 with last_k.")
+        if stage.epochs <= 0 and stage.max_steps <= 0:
+            raise RecipeError(f"{where}: set epochs > 0 or max_steps > 0.")
+        if stage.learning_rate <= 0:
+            raise RecipeError(f"{where}.learning_rate={stage.learning_rate!r} is invalid: expected > 0.")
+        if stage.backbone_lr_scale < 0:
+            raise RecipeError(f"{where}.backbone_lr_scale={stage.backbone_lr_scale!r} is invalid: expected >= 0.")
+    if recipe.data.augmentation not in AUGMENTATION_CHOICES:
+        raise RecipeError(
+            f"data.augmentation={recipe.data.augmentation!r} is invalid: expected one of {AUGMENTATION_CHOICES}."
+        )
+    if recipe.data.on_bad_image not in ("error", "skip"):
+        raise RecipeError(f"data.on_bad_image={recipe.data.on_bad_image!r} is invalid: expected 'error' or 'skip'.")
+    if not 0 < recipe.data.validation_split < 1:
+        raise RecipeError(f"data.validation_split={recipe.data.validation_split!r} is invalid: expected in (0, 1).")
+    if recipe.training.precision not in PRECISION_CHOICES:
+        raise RecipeError(
+            f"training.precision={recipe.training.precision!r} is invalid: expected one of {PRECISION_CHOICES}."
+        )
+    if recipe.hub.push_to_hub and not recipe.hub.repo_id:
+        raise RecipeError("hub.push_to_hub is true but hub.repo_id is not set: expected 'user/name'.")
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Build and validate a [`Recipe`] from a plain mapping (parsed YAML)."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"A recipe must be a YAML mapping with sections, got {type(data).__name__}.")
+    valid_top = ["name", "description", "stages", *SECTIONS]
+    for key in data:
+        if key not in valid_top:
+            raise RecipeError(f"Unknown recipe section '{key}'.{_closest(key, valid_top)}")
+    kwargs: dict[str, Any] = {name: _build_section(name, cls, data.get(name)) for name, cls in SECTIONS.items()}
+    if "stages" in data:
+        stages = data["stages"]
+        if not isinstance(stages, list):
+            raise RecipeError(f"'stages' must be a list of stage mappings, got {type(stages).__name__}.")
+        kwargs["stages"] = [_build_section(f"stages[{i}]", StageArguments, s) for i, s in enumerate(stages)]
+    for key in ("name", "description"):
+        if key in data:
+            kwargs[key] = str(data[key])
+    recipe = Recipe(**kwargs)
+    _validate(recipe)
+    return recipe
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--section.key value` (or `--section.key=value`) command-line overrides to a parsed recipe mapping.
+
+    Stages are addressed by index or name: `--stages.0.epochs 2`, `--stages.finetune.learning_rate 1e-5`.
+    Values are parsed as YAML scalars/lists (`--model.hidden_sizes [512,256]`).
+    """
+    data = dict(data)
+    args = list(overrides)
+    while args:
+        flag = args.pop(0)
+        if not flag.startswith("--"):
+            raise RecipeError(f"Unexpected argument {flag!r}: expected --section.key value overrides.")
+        if "=" in flag:
+            flag, raw = flag.split("=", 1)
+        else:
+            if not args:
+                raise RecipeError(f"Override {flag} has no value.")
+            raw = args.pop(0)
+        path = flag[2:].replace("-", "_").split(".")
+        value = yaml.safe_load(raw)
+        if path[0] == "stages":
+            if len(path) != 3:
+                raise RecipeError(f"Stage overrides look like --stages.<index|name>.<key>, got {flag}.")
+            stages = [dict(s) for s in data.get("stages") or [dataclasses.asdict(s) for s in Recipe().stages]]
+            names = [s.get("name") for s in stages]
+            selector = path[1]
+            index = int(selector) if selector.isdigit() else (names.index(selector) if selector in names else None)
+            if index is None or index >= len(stages):
+                raise RecipeError(f"{flag}: no stage {selector!r}; stages are {names}.")
+            stages[index][path[2]] = value
+            data["stages"] = stages
+        elif len(path) == 1 and path[0] in ("name", "description"):
+            data[path[0]] = value
+        elif len(path) == 2:
+            section = dict(data.get(path[0]) or {})
+            section[path[1]] = value
+            data[path[0]] = section
+        else:
+            raise RecipeError(f"Override {flag} is not of the form --section.key (sections: {', '.join(SECTIONS)}).")
+    return data
+
+
+def builtin_recipes_dir() -> Path:
+    """`recipes/` of a source checkout, or the copy shipped inside the wheel."""
+    packaged = Path(str(importlib.resources.files("hftransfer"))) / "_resources" / "recipes"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "recipes"
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file path, or the name of a shipped recipe (`quickstart`, `keras-seed`, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (builtin_recipes_dir() / f"{name_or_path}", builtin_recipes_dir() / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in builtin_recipes_dir().glob("*.yaml"))
+    raise RecipeError(f"Recipe {str(name_or_path)!r} is neither a file nor a shipped recipe ({', '.join(shipped)}).")
+
+
+def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (file or shipped name), apply command-line overrides, validate, return a [`Recipe`]."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
+    return recipe_from_dict(apply_overrides(data, overrides or []))
