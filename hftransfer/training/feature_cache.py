@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -75,7 +75,7 @@ def _read_cache(path: Path, expected_rows: int) -> dict[str, torch.Tensor] | Non
         return None
     try:
         tensors = load_file(str(path))
-    except (SafetensorsError, OSError, RuntimeError) as err:  # truncated or corrupt: rebuild, never trust it
+    except (SafetensorError, OSError, RuntimeError) as err:  # truncated or corrupt: rebuild, never trust it
         logger.warning("Ignoring unreadable feature cache %s (%s); recomputing.", path, err)
         return None
     if "pooled_features" not in tensors or len(tensors["pooled_features"]) != expected_rows:

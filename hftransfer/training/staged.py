@@ -47,6 +47,19 @@ logger = logging.getLogger(__name__)
 
 STAGE_COMPLETE = "stage_complete.json"
 
+# `data.augmentation` presets, as `hftransfer.data.AugmentationConfig` keyword arguments; "none" is deterministic.
+AUGMENTATION_PRESETS: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "light": {"crop_scale": (0.8, 1.0), "horizontal_flip": 0.5, "brightness": 0.1, "contrast": 0.1, "saturation": 0.0},
+    "strong": {
+        "crop_scale": (0.5, 1.0),
+        "horizontal_flip": 0.5,
+        "brightness": 0.3,
+        "contrast": 0.3,
+        "saturation": 0.3,
+    },
+}
+
 
 @dataclass
 class TrainResult:
@@ -121,7 +134,9 @@ def _build_model(
     return model, processor
 
 
-def _training_arguments(recipe: Recipe, stage: StageArguments, stage_dir: Path, cached: bool) -> TrainingArguments:
+def _training_arguments(
+    recipe: Recipe, stage: StageArguments, stage_dir: Path, cached: bool, evaluation_only: bool = False
+) -> TrainingArguments:
     train = recipe.training
     return TrainingArguments(
         output_dir=str(stage_dir),
@@ -140,8 +155,8 @@ def _training_arguments(recipe: Recipe, stage: StageArguments, stage_dir: Path, 
         data_seed=train.seed,
         logging_steps=train.logging_steps,
         logging_first_step=True,
-        eval_strategy=train.eval_strategy,
-        save_strategy=train.save_strategy,
+        eval_strategy="no" if evaluation_only else train.eval_strategy,
+        save_strategy="no" if evaluation_only else train.save_strategy,
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
         report_to=train.report_to,
@@ -152,6 +167,7 @@ def _training_arguments(recipe: Recipe, stage: StageArguments, stage_dir: Path, 
         remove_unused_columns=False,
         label_names=["labels"],
         ddp_find_unused_parameters=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
 
@@ -342,7 +358,9 @@ class StagedFineTuner:
         set_seed(recipe.training.seed)
         self.model, self.processor = _build_model(recipe, self.id2label)
         self.eval_transform = build_transforms(self.processor)
-        self.train_transform = build_transforms(self.processor, augmentation=recipe.data.augmentation)
+        self.train_transform = build_transforms(
+            self.processor, augmentation=AUGMENTATION_PRESETS[recipe.data.augmentation]
+        )
         self.collator = ImageClassificationCollator(extra_feature_columns=tuple(recipe.data.extra_feature_columns))
         if self.state.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -366,7 +384,7 @@ class StagedFineTuner:
         final_trainer = TransferTrainer(
             model=self.model,
             args=_training_arguments(
-                recipe, recipe.stages[-1], self.output_dir / "stages" / "final-eval", cached=False
+                recipe, recipe.stages[-1], self.output_dir / "stages", cached=False, evaluation_only=True
             ),
             data_collator=self.collator,
         )
