@@ -218,7 +218,9 @@ class TransferPreTrainedModel(PreTrainedModel):
         if last_k_blocks is None:
             last_k_blocks = num_stages
         if not isinstance(last_k_blocks, int) or not 0 <= last_k_blocks <= num_stages:
-            raise ValueError(f"last_k_blocks={last_k_blocks!r} is invalid: expected None or an integer in 0..{num_stages}.")
+            raise ValueError(
+                f"last_k_blocks={last_k_blocks!r} is invalid: expected None or an integer in 0..{num_stages}."
+            )
         for stage in range(num_stages):
             trainable = stage >= num_stages - last_k_blocks
             for param in self.backbone.stage_parameters(stage):
@@ -247,7 +249,9 @@ class TransferPreTrainedModel(PreTrainedModel):
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm-style parameter grouping: one group per backbone stage, then the head."""
-        blocks = [(rf"^backbone\.{pattern[1:]}", ordinal) for pattern, ordinal in self.backbone.group_matcher()["blocks"]]
+        blocks = [
+            (rf"^backbone\.{pattern[1:]}", ordinal) for pattern, ordinal in self.backbone.group_matcher()["blocks"]
+        ]
         return {"blocks": blocks + [(r"^(?!backbone\.)", (len(blocks),))]}
 
     def backbone_stage_of(self, parameter_name: str) -> int | None:
@@ -271,16 +275,24 @@ class TransferModel(TransferPreTrainedModel):
         self.post_init()
 
     def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
     ) -> TransferModelOutput | tuple:
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         stage_outputs = self.backbone.forward_stages(pixel_values)
         pooled = self.pooler([stage_outputs[s] for s in self.pooler.stages])
         hidden_states = tuple(stage_outputs) if output_hidden_states else None
         if not return_dict:
             return tuple(v for v in (stage_outputs[-1], pooled, hidden_states) if v is not None)
-        return TransferModelOutput(last_hidden_state=stage_outputs[-1], pooler_output=pooled, hidden_states=hidden_states)
+        return TransferModelOutput(
+            last_hidden_state=stage_outputs[-1], pooler_output=pooled, hidden_states=hidden_states
+        )
 
 
 class TransferForImageClassification(TransferPreTrainedModel):
@@ -293,6 +305,10 @@ class TransferForImageClassification(TransferPreTrainedModel):
         config ([`TransferConfig`]): Model configuration. Initialising from a config does not load pretrained
             weights; use `hftransfer.create_model(backbone_weights=...)` or `from_pretrained`.
     """
+
+    # The loss is a per-example mean on each rank (DDP averages gradients). Declaring no loss kwargs stops the Trainer
+    # from also scaling the loss by the number of processes, which assumes a loss normalised by the global item count.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: TransferConfig):
         super().__init__(config)

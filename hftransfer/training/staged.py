@@ -15,6 +15,7 @@ Only the main process writes there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
+import torch.distributed as dist
 from transformers import AutoImageProcessor, TrainingArguments, set_seed
 
 from ..image_processing_hftransfer import TransferImageProcessor
@@ -163,13 +164,49 @@ def _training_arguments(
         # Cached features are in-memory tensors: worker processes would only add start-up cost.
         dataloader_num_workers=0 if cached else train.dataloader_num_workers,
         torch_compile=train.torch_compile,
-        use_cpu=train.use_cpu,
+        # On a machine without GPU, `use_cpu` is what makes accelerate set up multi-process CPU (gloo) DDP.
+        use_cpu=train.use_cpu or not torch.cuda.is_available(),
         remove_unused_columns=False,
         label_names=["labels"],
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
     )
+
+
+class _Ranks:
+    """Who is who in a (possibly) multi-process run, from the launcher's environment and torch.distributed.
+
+    Not accelerate's `PartialState`: every `TrainingArguments` resets and rebuilds that shared state, so a reference
+    held across stages cannot be trusted.
+    """
+
+    @property
+    def rank(self) -> int:
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+    @property
+    def world_size(self) -> int:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size()
+        return int(os.environ.get("WORLD_SIZE", "1"))
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def main_process_first(self):
+        """The main process runs the block first (e.g. writes a cache); the others then run it (and read it)."""
+        if not self.is_main_process:
+            self.barrier()
+        yield
+        if self.is_main_process:
+            self.barrier()
 
 
 class StagedFineTuner:
@@ -186,7 +223,7 @@ class StagedFineTuner:
     def __init__(self, recipe: Recipe, resume: bool = False):
         self.recipe = recipe
         self.resume = resume
-        self.state = PartialState()
+        self.ranks = _Ranks()
         self.output_dir = Path(recipe.training.output_dir)
 
     # --- data -------------------------------------------------------------------------------------------------
@@ -217,7 +254,7 @@ class StagedFineTuner:
         return data, test_split
 
     # --- one stage --------------------------------------------------------------------------------------------
-    def _datasets_for_stage(self, stage: StageArguments, use_cache: bool):
+    def _datasets_for_stage(self, stage: StageArguments, use_cache: bool, device: torch.device):
         if not use_cache:
             return (
                 self.data.splits["train"].with_transform(self.train_transform),
@@ -226,7 +263,7 @@ class StagedFineTuner:
             )
         cached = {}
         for split in ("train", "validation"):
-            with self.state.main_process_first():
+            with self.ranks.main_process_first():
                 dataset, path, computed = load_or_compute_features(
                     self.model,
                     self.processor,
@@ -235,7 +272,7 @@ class StagedFineTuner:
                     self.collator,
                     batch_size=self.recipe.training.per_device_eval_batch_size,
                     num_workers=self.recipe.training.dataloader_num_workers,
-                    device=self.state.device,
+                    device=device,
                     cache_dir=self.recipe.training.feature_cache_dir,
                     description=f"[{stage.name}] caching {split} backbone features",
                 )
@@ -256,7 +293,9 @@ class StagedFineTuner:
                 stage.name,
                 self.recipe.data.augmentation,
             )
-        train_dataset, eval_dataset, collator = self._datasets_for_stage(stage, use_cache)
+        # Building the arguments sets up the process group (multi-process runs) that the cache step synchronises on.
+        args = _training_arguments(self.recipe, stage, stage_dir, cached=use_cache)
+        train_dataset, eval_dataset, collator = self._datasets_for_stage(stage, use_cache, args.device)
         if self.recipe.training.channels_last:
             self.model.to(memory_format=torch.channels_last)
         callbacks = [StageCheckpointCallback(index, stage.name)]
@@ -266,7 +305,7 @@ class StagedFineTuner:
 
         trainer = TransferTrainer(
             model=self.model,
-            args=_training_arguments(self.recipe, stage, stage_dir, cached=use_cache),
+            args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             data_collator=collator,
@@ -303,10 +342,10 @@ class StagedFineTuner:
             "validation": validation,
             "log_history": trainer.state.log_history,
         }
-        if self.state.is_main_process:
+        if self.ranks.is_main_process:
             self._save_pretrained_atomic(self.model, stage_dir / "final", with_processor=False)
             write_json_atomic(stage_dir / STAGE_COMPLETE, record)
-        self.state.wait_for_everyone()
+        self.ranks.barrier()
         return record
 
     def _evaluate(self, trainer, dataset, png_name: str | None, title: str) -> dict[str, Any]:
@@ -318,7 +357,7 @@ class StagedFineTuner:
             prediction.predictions.argmax(-1), prediction.label_ids, self.id2label
         )
         metrics["loss"] = float(prediction.metrics.get("eval_loss", float("nan")))
-        if png_name and self.state.is_main_process:
+        if png_name and self.ranks.is_main_process:
             from ..plots import plot_confusion_matrix
 
             labels = [self.id2label[i] for i in sorted(self.id2label)]
@@ -362,7 +401,7 @@ class StagedFineTuner:
             self.processor, augmentation=AUGMENTATION_PRESETS[recipe.data.augmentation]
         )
         self.collator = ImageClassificationCollator(extra_feature_columns=tuple(recipe.data.extra_feature_columns))
-        if self.state.is_main_process:
+        if self.ranks.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.yaml").write_text(recipe.to_yaml())
 
@@ -394,7 +433,7 @@ class StagedFineTuner:
             final[test_split] = self._evaluate(
                 final_trainer, test_dataset, "confusion_matrix.png", f"{test_split} split"
             )
-        elif self.state.is_main_process:
+        elif self.ranks.is_main_process:
             last_matrix = self.output_dir / f"confusion_matrix_{recipe.stages[-1].name}.png"
             shutil.copyfile(last_matrix, self.output_dir / "confusion_matrix.png")
 
@@ -410,7 +449,7 @@ class StagedFineTuner:
             "stages": [{k: v for k, v in r.items() if k != "log_history"} for r in stage_records],
             "training": {
                 "per_device_train_batch_size": recipe.training.per_device_train_batch_size,
-                "world_size": self.state.num_processes,
+                "world_size": self.ranks.world_size,
                 "precision": recipe.training.precision,
                 "seed": recipe.training.seed,
                 "image_size": self.model.config.image_size,
@@ -420,9 +459,9 @@ class StagedFineTuner:
             "backbone_weights": self.model.config.backbone_weights,
             "versions": _versions(),
         }
-        if self.state.is_main_process:
+        if self.ranks.is_main_process:
             self._write_outputs(metrics, stage_records)
-        self.state.wait_for_everyone()
+        self.ranks.barrier()
         return TrainResult(output_dir=self.output_dir, metrics=metrics, model=self.model)
 
     def _write_outputs(self, metrics: dict[str, Any], stage_records: list[dict[str, Any]]) -> None:
