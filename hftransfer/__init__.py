@@ -22,7 +22,9 @@ __version__ = "0.1.0"
 AutoConfig.register(TransferConfig.model_type, TransferConfig, exist_ok=True)
 AutoModel.register(TransferConfig, TransferModel, exist_ok=True)
 AutoModelForImageClassification.register(TransferConfig, TransferForImageClassification, exist_ok=True)
-AutoImageProcessor.register(TransferConfig, image_processor_classes={"torchvision": TransferImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(
+    TransferConfig, image_processor_classes={"torchvision": TransferImageProcessor}, exist_ok=True
+)
 
 # `save_pretrained` then writes the code files and `auto_map`, for `trust_remote_code=True` loading elsewhere.
 TransferConfig.register_for_auto_class()

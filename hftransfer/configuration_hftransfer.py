@@ -5,7 +5,6 @@ This file is copied next to saved checkpoints as remote code: it imports only tr
 
 from transformers import PretrainedConfig
 
-
 # timm VGG conv bases this library knows how to split into stages. The `_bn` variants add BatchNorm after each conv.
 SUPPORTED_BACKBONES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 NUM_BACKBONE_STAGES = 5  # every VGG has five conv blocks, each closed by a 2x2 max pool (Keras' block{1..5}_pool)
@@ -93,7 +92,9 @@ class TransferConfig(PretrainedConfig):
         num_labels = kwargs.get("num_labels")
         if self.id2label is not None and num_labels is not None and len(self.id2label) != num_labels:
             raise _invalid("id2label", self.id2label, f"{num_labels} entries (num_labels={num_labels})")
-        if num_labels is not None and (not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1):
+        if num_labels is not None and (
+            not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1
+        ):
             raise _invalid("num_labels", num_labels, "a positive integer")
         super().__post_init__(**kwargs)
         self.validate()
