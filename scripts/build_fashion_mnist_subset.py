@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         help=f"folder of the Fashion-MNIST IDX files (default: ${fm.FASHION_MNIST_DIR_ENV} or {fm.DEBIAN_FASHION_MNIST_DIR})",
     )
     parser.add_argument("--output-dir", type=Path, default=fm.SUBSET_DIR, help="where to write (default: the package)")
-    parser.add_argument("--check", action="store_true", help="build in a temporary folder and compare with the shipped file")
+    parser.add_argument(
+        "--check", action="store_true", help="build in a temporary folder and compare with the shipped file"
+    )
     args = parser.parse_args(argv)
 
     if args.check:
@@ -64,13 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         shipped = fm.load_subset_record()
         same_content = record["content_sha256"] == shipped["content_sha256"]
         same_bytes = rebuilt == shipped["sha256"]
-        print(f"content: {'identical' if same_content else 'DIFFERENT'}; bytes: {'identical' if same_bytes else 'DIFFERENT'}")
+        print(
+            f"content: {'identical' if same_content else 'DIFFERENT'}; bytes: {'identical' if same_bytes else 'DIFFERENT'}"
+        )
         if not same_bytes and record["built_with"] != shipped["built_with"]:
             print(f"(built with {record['built_with']}, shipped file with {shipped['built_with']})")
         return 0 if same_content and same_bytes else 1
 
     record = build(args.source_dir, args.output_dir)
-    print(json.dumps({key: record[key] for key in ("file", "size_bytes", "sha256", "content_sha256", "rows")}, indent=2))
+    print(
+        json.dumps({key: record[key] for key in ("file", "size_bytes", "sha256", "content_sha256", "rows")}, indent=2)
+    )
     return 0
 
 

@@ -480,6 +480,7 @@ class StagedFineTuner:
             from ..hub import push_to_hub
 
             push_to_hub(self.output_dir, repo_id=hub.repo_id, private=hub.private, revision=hub.revision)
+        logger.info("hftransfer: wrote outputs to %s", self.output_dir)
 
 
 def train(recipe: Recipe, resume: bool = False) -> TrainResult:
