@@ -1,6 +1,6 @@
 """Write a few test images of the embedded Fashion-MNIST subset as PNG files (for `hftransfer predict` demos).
 
-    python scripts/export_sample_images.py --count 8 --output outputs/quickstart/samples
+python scripts/export_sample_images.py --count 8 --output outputs/quickstart/samples
 """
 
 import argparse
