@@ -366,4 +366,6 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"Recipe {path} must be a YAML mapping with sections, got {type(data).__name__}.")
     return recipe_from_dict(apply_overrides(data, overrides or []))

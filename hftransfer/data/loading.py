@@ -659,16 +659,28 @@ def _drop_duplicate_paths(structs: list[dict], labels: list, keep: np.ndarray, w
     )
 
 
+# Both Fashion-MNIST sources: the image, its label and a derived numeric column for fusion heads.
+_FASHION_MNIST_FEATURES = Features(
+    {
+        "image": Image(),
+        "label": ClassLabel(names=list(fm.FASHION_MNIST_CLASSES)),
+        "mean_intensity": Value("float32"),
+    }
+)
+
+
 def _from_fashion_mnist_subset() -> _RawSource:
     table, sha256 = fm.read_subset_table()
-    features = Features({"image": Image(), "label": ClassLabel(names=list(fm.FASHION_MNIST_CLASSES))})
     splits = {}
     for split in ("train", "test"):
         part = table.filter(pc.equal(table.column("split"), split))
-        fingerprint = Hasher.hash(["hftransfer-fashion-mnist-subset", sha256, split])
-        splits[split] = _make_dataset(
-            {"image": part.column("image"), "label": part.column("label")}, features, fingerprint, split
-        )
+        fingerprint = Hasher.hash(["hftransfer-fashion-mnist-subset-v2", sha256, split])
+        columns = {
+            "image": part.column("image"),
+            "label": part.column("label"),
+            "mean_intensity": fm.mean_intensity_column(part.column("image").combine_chunks()),
+        }
+        splits[split] = _make_dataset(columns, _FASHION_MNIST_FEATURES, fingerprint, split)
     return _RawSource(
         splits,
         "fashion-mnist-subset (embedded balanced subset of Fashion-MNIST by Zalando SE, MIT licence)",
@@ -679,14 +691,12 @@ def _from_fashion_mnist_subset() -> _RawSource:
 
 def _from_fashion_mnist_full() -> _RawSource:
     signature = fm.full_set_signature()  # raises the apt-get hint when the Debian package is missing
-    features = Features({"image": Image(), "label": ClassLabel(names=list(fm.FASHION_MNIST_CLASSES))})
     splits = {}
     for split in ("train", "test"):
         table = fm.build_full_table(split)
-        fingerprint = Hasher.hash(["hftransfer-fashion-mnist", signature, split])
-        splits[split] = _make_dataset(
-            {"image": table.column("image"), "label": table.column("label")}, features, fingerprint, split
-        )
+        fingerprint = Hasher.hash(["hftransfer-fashion-mnist-v2", signature, split])
+        columns = {name: table.column(name) for name in ("image", "label", "mean_intensity")}
+        splits[split] = _make_dataset(columns, _FASHION_MNIST_FEATURES, fingerprint, split)
     return _RawSource(
         splits,
         f"fashion-mnist (Fashion-MNIST by Zalando SE, MIT licence, read from {fm.fashion_mnist_dir()})",

@@ -137,7 +137,9 @@ def load_or_compute_features(
     """
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = feature_cache_key(model, processor, dataset_fingerprint)
+    # The cache also stores the collated `extra_features`, so which columns feed them is part of the key.
+    extra_columns = ",".join(getattr(collate_fn, "extra_feature_columns", ()) or ())
+    key = feature_cache_key(model, processor, f"{dataset_fingerprint}|extra={extra_columns}")
     path = cache_dir / f"{key}.safetensors"
     with FileLock(str(path) + ".lock"):
         tensors = _read_cache(path, len(dataset))

@@ -440,7 +440,8 @@ class StagedFineTuner:
         metrics = {
             "recipe_name": recipe.name,
             "dataset": {
-                "name": str(self.data.source),
+                "name": str(recipe.data.dataset),
+                "description": str(self.data.source),
                 "hub_id": getattr(self.data, "hub_id", None),
                 **{f"num_{split}": len(ds) for split, ds in self.data.splits.items()},
             },

@@ -135,3 +135,21 @@ def test_augmentation_disables_the_cache_and_says_why(tmp_path, feature_cache_di
         result = train(recipe_from_dict(recipe))
     assert result.metrics["stages"][0]["used_feature_cache"] is False
     assert "not caching backbone features because data.augmentation='light'" in caplog.text
+
+
+def test_fusion_recipe_with_an_extra_feature_column(tmp_path, feature_cache_dir, make_recipe):
+    recipe = make_recipe(
+        tmp_path / "fusion",
+        feature_cache_dir,
+        model={"head": "fusion", "pooling": "avg", "fusion_stages": [2, 3, 4]},
+        data={"extra_feature_columns": ["mean_intensity"], "max_train_samples": 64, "max_eval_samples": 32},
+        stages=[{"name": "frozen", "epochs": 2, "learning_rate": 0.003, "trainable": "head"}],
+    )
+    result = train(recipe_from_dict(recipe))
+    assert result.metrics["stages"][0]["used_feature_cache"] is True
+    config = result.model.config
+    assert config.extra_features_dim == 1 and config.fusion_stages == [2, 3, 4]
+    # Head input: pooled block3 (256) + block4 (512) + block5 (512) + 1 extra feature.
+    assert result.model.head.hidden[0].in_features == 256 + 512 + 512 + 1
+    with pytest.raises(ValueError, match="extra_features"):
+        result.model(torch.randn(1, 3, 32, 32))
