@@ -45,6 +45,12 @@ def parse_args():
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (recipe default: 2).")
     parser.add_argument("--channels-last", action="store_true", help="channels_last on both sides.")
+    parser.add_argument(
+        "--interleaved-steps",
+        type=int,
+        default=40,
+        help="Steps of the extra step-interleaved run (0: skip).",
+    )
     parser.add_argument("--goal", type=float, default=0.95)
     return parser.parse_args()
 
@@ -233,6 +239,54 @@ def main() -> int:
             "peer": lambda: run_peer(args.warmup_steps, record=False),
         },
     )
+
+    # Step-interleaved run: the two loops take turns step by step in this process (a Trainer callback runs one peer
+    # step after each hftransfer step), so both see the same machine load at the same moments.
+    interleaved: dict[str, list[float]] = {"hftransfer": [], "peer": []}
+    if args.interleaved_steps:
+        set_seed(args.seed)
+        peer_model = build_timm_peer(hf_init, len(id2label)).train()
+        peer_optimizer = torch.optim.AdamW(peer_model.parameters(), lr=args.learning_rate, weight_decay=0.0)
+        peer_loader = DataLoader(
+            train_split.with_transform(transform),
+            batch_size=args.batch_size,
+            shuffle=True,
+            collate_fn=collator,
+            num_workers=args.num_workers,
+        )
+
+        def peer_batches():
+            while True:
+                yield from peer_loader
+
+        peer_iter = peer_batches()
+
+        class Interleave(TrainerCallback):
+            last = None
+
+            def on_step_end(self, args_, state, control, **kwargs):
+                now = time.perf_counter()
+                if Interleave.last is not None:  # skip step 1 (start-up) of both sides
+                    interleaved["hftransfer"].append(args.batch_size / (now - Interleave.last))
+                batch = next(peer_iter)
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(peer_model(batch["pixel_values"]), batch["labels"])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(peer_model.parameters(), 1.0)
+                peer_optimizer.step()
+                peer_optimizer.zero_grad(set_to_none=True)
+                if Interleave.last is not None:
+                    interleaved["peer"].append(args.batch_size / (time.perf_counter() - t0))
+                Interleave.last = time.perf_counter()
+
+        class InterleavedTrainer(StepTimedTrainer):
+            def __init__(self, *a, callbacks=None, **kw):
+                super().__init__(*a, callbacks=[*(callbacks or []), Interleave()], **kw)
+
+        staged.TransferTrainer = InterleavedTrainer
+        print(f"  step-interleaved run: {args.interleaved_steps} steps each")
+        run_hftransfer(args.interleaved_steps, record=False)
+        staged.TransferTrainer = StepTimedTrainer
     shutil.rmtree(work, ignore_errors=True)
 
     figures = [
@@ -259,6 +313,21 @@ def main() -> int:
             "optimizer creation and the loop. A fixed cost: its share shrinks as the run gets longer.",
         ),
     ]
+    if interleaved["hftransfer"]:
+        figures.append(
+            _common.Figure(
+                name=f"unfrozen training throughput, step-interleaved ({len(interleaved['hftransfer'])} step pairs)",
+                unit="img/s",
+                hftransfer=interleaved["hftransfer"],
+                peer=interleaved["peer"],
+                peer_name="hand-written timm+torch loop",
+                higher_is_better=True,
+                goal=args.goal,
+                note="one run where the loops alternate step by step in one process: each hftransfer step (Trainer "
+                "loop, data wait included) is paired with the next peer step (data already prefetched); samples "
+                "are per-step images/s",
+            )
+        )
     _common.report(figures)
     if not args.no_write:
         path = _common.write_results(
