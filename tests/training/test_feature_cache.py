@@ -69,11 +69,7 @@ def test_cache_is_reused_then_rebuilt_when_anything_changes(tmp_path, small_spli
     first, path, computed = _compute(model, processor, small_split, tmp_path)
     assert computed and path.is_file() and len(first) == 24
     with torch.no_grad():
-        expected = model.eval().forward_features(
-            build_transforms(processor)(small_split[:24])["pixel_values"]
-            if isinstance(build_transforms(processor)(small_split[:24])["pixel_values"], torch.Tensor)
-            else torch.stack(build_transforms(processor)(small_split[:24])["pixel_values"])
-        )
+        expected = model.eval().forward_features(build_transforms(processor)(small_split[:24])["pixel_values"])
     torch.testing.assert_close(first.tensors["pooled_features"], expected, atol=1e-5, rtol=1e-4)
     assert first.tensors["labels"].tolist() == small_split["label"]
 
