@@ -171,6 +171,47 @@ def make_compute_metrics(
     return compute_metrics
 
 
+# A model "collapsed" when one class takes at least this share of its predictions (and clearly more than the true
+# share of the most common class), or when its accuracy is within CHANCE_MARGIN of always guessing the majority class.
+COLLAPSE_SHARE = 0.9
+CHANCE_MARGIN = 0.02
+
+
+def training_warnings(metrics: Mapping[str, Any], id2label: Mapping[int | str, str], where: str) -> list[str]:
+    """Warnings for a model that did not learn: one class predicted for (nearly) every image, or chance accuracy.
+
+    Args:
+        metrics (`dict`): Output of [`compute_classification_metrics`] on a validation split.
+        id2label (`dict`): Class names by id, in the confusion matrix's order.
+        where (`str`): What was evaluated, for the message ("the final model", "stage frozen").
+
+    Returns:
+        `list[str]`: Human-readable warnings, empty when the model looks healthy.
+    """
+    names = list(_normalize_id2label(id2label).values())
+    matrix = np.asarray(metrics.get("confusion_matrix") or [], dtype=np.int64)
+    total = int(matrix.sum()) if matrix.size else 0
+    if total == 0 or len(names) < 2:
+        return []
+    predicted = matrix.sum(axis=0) / total
+    true_share = matrix.sum(axis=1) / total
+    warnings = []
+    top = int(predicted.argmax())
+    if predicted[top] >= COLLAPSE_SHARE and predicted[top] > true_share.max() + 0.1:
+        warnings.append(
+            f"Training failed: {where} predicts {names[top]!r} for {predicted[top]:.0%} of the {total} validation "
+            f"images (that class is {true_share[top]:.0%} of them)."
+        )
+    chance = max(1.0 / len(names), float(true_share.max()))
+    accuracy = float(metrics.get("accuracy", np.nan))
+    if accuracy <= chance + CHANCE_MARGIN:
+        warnings.append(
+            f"Training failed: {where} has validation accuracy {accuracy:.3f}, at chance level (always predicting the "
+            f"most common class scores {chance:.3f})."
+        )
+    return warnings
+
+
 def is_missing(value: Any) -> bool:
     """`True` for a per-class accuracy of a class with no examples (`None`, or NaN after a round trip)."""
     return value is None or (isinstance(value, float) and math.isnan(value))
@@ -180,6 +221,7 @@ __all__ = [
     "SCALAR_METRICS",
     "compute_classification_metrics",
     "is_missing",
+    "training_warnings",
     "load_metric",
     "make_compute_metrics",
     "metric_module_path",

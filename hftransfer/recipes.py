@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ import yaml
 TRAINABLE_CHOICES = ("head", "all", "last_k")
 AUGMENTATION_CHOICES = ("none", "light", "strong")
 PRECISION_CHOICES = ("no", "fp16", "bf16")
+# Metrics a run can select its model by (the Trainer reports them as `eval_<name>`) and whether higher is better.
+SELECTION_METRICS = {"accuracy": True, "f1": True, "precision": True, "recall": True, "loss": False}
+MODEL_SELECTION_CHOICES = ("best", "last")
 
 
 class RecipeError(ValueError):
@@ -76,9 +80,12 @@ class DataArguments:
     extra_feature_columns: list[str] = field(
         default_factory=list, metadata={"help": "Numeric columns fed to a fusion head as `extra_features`."}
     )
-    augmentation: str = field(
+    augmentation: str | dict = field(
         default="none",
-        metadata={"help": "'none' (deterministic: frozen stages use cached features), 'light' or 'strong'."},
+        metadata={
+            "help": "Default augmentation of every stage that does not set its own: 'none' (deterministic), "
+            "'light', 'strong', or a mapping of AugmentationConfig fields (crop_scale, horizontal_flip, ...)."
+        },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (quick experiments)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
@@ -108,6 +115,37 @@ class StageArguments:
         default=True,
         metadata={"help": "Head-only stage with deterministic transforms: train on cached backbone features."},
     )
+    augmentation: str | dict | None = field(
+        default=None,
+        metadata={
+            "help": "This stage's training augmentation ('none', 'light', 'strong' or a mapping); unset: "
+            "data.augmentation. A cached head-only stage trains on features of the deterministic transform."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop the stage after this many evaluations without improving its best "
+            "training.metric_for_best_model; unset: off."
+        },
+    )
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the training loss, in [0, 1)."})
+    mixup_alpha: float = field(default=0.0, metadata={"help": "Mixup alpha (timm's Mixup, soft-target loss); 0: off."})
+    cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (timm's Mixup); 0: off."})
+    l2sp_strength: float = field(
+        default=0.0,
+        metadata={
+            "help": "L2-SP (Li et al. 2018): penalise strength/2 x squared distance of the trainable backbone weights "
+            "from their pretrained values, instead of plain weight decay on them; 0: off."
+        },
+    )
+    layer_lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Per-block LR decay: block b of n trains at learning_rate x backbone_lr_scale x decay^(n-b); "
+            "1: off."
+        },
+    )
 
 
 @dataclass
@@ -131,6 +169,19 @@ class TrainingArguments:
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is present."})
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Cached backbone features (default: $HFTRANSFER_CACHE/features)."}
+    )
+    metric_for_best_model: str = field(
+        default="accuracy",
+        metadata={
+            "help": "Validation metric that ranks evaluations: 'accuracy', 'f1', 'precision', 'recall', 'loss'."
+        },
+    )
+    model_selection: str = field(
+        default="best",
+        metadata={
+            "help": "'best': the final model is the best validation evaluation across all stages (each stage starts "
+            "from the best model so far); 'last': the model as the last stage ends."
+        },
     )
 
 
@@ -206,7 +257,16 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
         if base == "float":
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise RecipeError(f"{where}={value!r} is invalid: expected a finite number.")
+            return number
+        if base == "str | dict":
+            if isinstance(value, dict):
+                return dict(value)
+            if isinstance(value, list):
+                raise ValueError
+            return str(value)
         if base == "str":
             if isinstance(value, (dict, list)):
                 raise ValueError
@@ -239,6 +299,26 @@ def _build_section(section: str, cls: type, values: Any) -> Any:
     return cls(**kwargs)
 
 
+def _check_augmentation(where: str, value: str | dict) -> None:
+    if isinstance(value, dict):
+        from .data.transforms import AugmentationConfig  # lazy: the data layer imports torch and datasets
+
+        try:
+            AugmentationConfig.from_dict(value)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(f"{where}={value!r} is invalid: {err}") from None
+    elif value not in AUGMENTATION_CHOICES:
+        raise RecipeError(
+            f"{where}={value!r} is invalid: expected one of {AUGMENTATION_CHOICES} or a mapping of augmentation "
+            "options."
+        )
+
+
+def stage_augmentation(recipe: Recipe, stage: StageArguments) -> str | dict:
+    """The augmentation a stage trains with: its own `augmentation`, else `data.augmentation`."""
+    return recipe.data.augmentation if stage.augmentation is None else stage.augmentation
+
+
 def _validate(recipe: Recipe) -> None:
     if not recipe.stages:
         raise RecipeError("Recipe has no stages: expected at least one entry under 'stages'.")
@@ -259,9 +339,37 @@ def _validate(recipe: Recipe) -> None:
             raise RecipeError(f"{where}.learning_rate={stage.learning_rate!r} is invalid: expected > 0.")
         if stage.backbone_lr_scale < 0:
             raise RecipeError(f"{where}.backbone_lr_scale={stage.backbone_lr_scale!r} is invalid: expected >= 0.")
-    if recipe.data.augmentation not in AUGMENTATION_CHOICES:
+        if not 0 <= stage.warmup_ratio < 1:
+            raise RecipeError(
+                f"{where}.warmup_ratio={stage.warmup_ratio!r} is invalid: expected a fraction of the stage's steps in "
+                "[0, 1)."
+            )
+        if stage.early_stopping_patience is not None and stage.early_stopping_patience < 1:
+            raise RecipeError(
+                f"{where}.early_stopping_patience={stage.early_stopping_patience!r} is invalid: expected an integer "
+                ">= 1, or unset (off)."
+            )
+        if not 0 <= stage.label_smoothing < 1:
+            raise RecipeError(f"{where}.label_smoothing={stage.label_smoothing!r} is invalid: expected in [0, 1).")
+        for key in ("mixup_alpha", "cutmix_alpha", "l2sp_strength", "weight_decay"):
+            if getattr(stage, key) < 0:
+                raise RecipeError(f"{where}.{key}={getattr(stage, key)!r} is invalid: expected >= 0 (0 is off).")
+        if not 0 < stage.layer_lr_decay <= 1:
+            raise RecipeError(
+                f"{where}.layer_lr_decay={stage.layer_lr_decay!r} is invalid: expected in (0, 1] (1 is off)."
+            )
+        if stage.augmentation is not None:
+            _check_augmentation(f"{where}.augmentation", stage.augmentation)
+    _check_augmentation("data.augmentation", recipe.data.augmentation)
+    if recipe.training.metric_for_best_model not in SELECTION_METRICS:
         raise RecipeError(
-            f"data.augmentation={recipe.data.augmentation!r} is invalid: expected one of {AUGMENTATION_CHOICES}."
+            f"training.metric_for_best_model={recipe.training.metric_for_best_model!r} is invalid: expected one of "
+            f"{tuple(SELECTION_METRICS)}."
+        )
+    if recipe.training.model_selection not in MODEL_SELECTION_CHOICES:
+        raise RecipeError(
+            f"training.model_selection={recipe.training.model_selection!r} is invalid: expected one of "
+            f"{MODEL_SELECTION_CHOICES}."
         )
     if recipe.data.on_bad_image not in ("error", "skip"):
         raise RecipeError(f"data.on_bad_image={recipe.data.on_bad_image!r} is invalid: expected 'error' or 'skip'.")

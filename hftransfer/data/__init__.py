@@ -19,9 +19,10 @@ from .loading import (
     load_image_classification_dataset,
     stratified_split_indices,
 )
-from .transforms import AugmentationConfig, ImageTransform, build_transforms
+from .transforms import AUGMENTATION_PRESETS, AugmentationConfig, ImageTransform, augmentation_config, build_transforms
 
 __all__ = [
+    "AUGMENTATION_PRESETS",
     "EMBEDDED_SOURCES",
     "FASHION_MNIST_CLASSES",
     "AugmentationConfig",
@@ -32,6 +33,7 @@ __all__ = [
     "ImageClassificationCollator",
     "ImageClassificationData",
     "ImageTransform",
+    "augmentation_config",
     "build_transforms",
     "default_num_workers",
     "load_image_classification_dataset",

@@ -199,7 +199,7 @@ def _augmentation_pipeline(processor: TransferImageProcessor, augmentation: Augm
 
 
 def build_transforms(
-    processor: TransferImageProcessor, augmentation: AugmentationConfig | Mapping[str, Any] | None = None
+    processor: TransferImageProcessor, augmentation: AugmentationConfig | Mapping[str, Any] | str | None = None
 ) -> ImageTransform:
     """The transform for a split: the processor alone (evaluation, or training without augmentation), or the
     augmentation pipeline (training).
@@ -207,12 +207,40 @@ def build_transforms(
     Args:
         processor ([`TransferImageProcessor`]):
             The model's image processor: its output size, rescale factor, mean and std are used in both cases.
-        augmentation ([`AugmentationConfig`] or `Mapping`, *optional*):
-            Augmentation options; `None` for the deterministic processor transform.
+        augmentation ([`AugmentationConfig`], `Mapping` or `str`, *optional*):
+            Augmentation options, or a preset name (`none`, `light`, `strong`); `None` or `"none"` for the
+            deterministic processor transform.
 
     Returns:
         [`ImageTransform`] with `.deterministic`.
     """
-    if isinstance(augmentation, Mapping):
-        augmentation = AugmentationConfig.from_dict(augmentation)
-    return ImageTransform(processor, augmentation)
+    return ImageTransform(processor, augmentation_config(augmentation))
+
+
+# Recipe presets (`augmentation: none | light | strong`), as `AugmentationConfig` fields; "none" is deterministic.
+AUGMENTATION_PRESETS: dict[str, dict[str, Any] | None] = {
+    "none": None,
+    "light": {"crop_scale": (0.8, 1.0), "horizontal_flip": 0.5, "brightness": 0.1, "contrast": 0.1, "saturation": 0.0},
+    "strong": {
+        "crop_scale": (0.5, 1.0),
+        "horizontal_flip": 0.5,
+        "brightness": 0.3,
+        "contrast": 0.3,
+        "saturation": 0.3,
+    },
+}
+
+
+def augmentation_config(value: str | Mapping[str, Any] | AugmentationConfig | None) -> AugmentationConfig | None:
+    """An [`AugmentationConfig`] from a preset name (`none`, `light`, `strong`), a mapping of its fields, or `None`.
+
+    Returns `None` for the deterministic transform (`none`/`None`).
+    """
+    if value is None or isinstance(value, AugmentationConfig):
+        return value
+    if isinstance(value, str):
+        if value not in AUGMENTATION_PRESETS:
+            raise ValueError(f"Unknown augmentation preset {value!r}: expected one of {tuple(AUGMENTATION_PRESETS)}.")
+        preset = AUGMENTATION_PRESETS[value]
+        return None if preset is None else AugmentationConfig(**preset)
+    return AugmentationConfig.from_dict(value)

@@ -31,23 +31,43 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def build_parameter_groups(
-    model: TransferPreTrainedModel, learning_rate: float, backbone_lr_scale: float, weight_decay: float
+    model: TransferPreTrainedModel,
+    learning_rate: float,
+    backbone_lr_scale: float,
+    weight_decay: float,
+    layer_lr_decay: float = 1.0,
+    backbone_weight_decay: bool = True,
 ) -> list[dict]:
     """Optimizer groups with discriminative learning rates.
 
-    Head parameters train at `learning_rate`, backbone parameters at `learning_rate * backbone_lr_scale`; biases and
-    normalisation weights get no weight decay. Only parameters that require grad are included (a frozen backbone
-    adds no group), and empty groups are dropped. Each group carries its own `lr`, which the scheduler scales.
+    Head parameters train at `learning_rate`; backbone stage `s` of `n` at
+    `learning_rate * backbone_lr_scale * layer_lr_decay ** (n - 1 - s)` (the last stage at `learning_rate *
+    backbone_lr_scale`, each earlier one `layer_lr_decay` times slower). Biases and normalisation weights get no weight
+    decay, and neither does the backbone when `backbone_weight_decay` is `False` (L2-SP replaces it). Only parameters
+    that require grad are included (a frozen backbone adds no group), and empty groups are dropped. Each group carries
+    its own `lr`, which the scheduler scales.
     """
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    num_stages = len(model.backbone.stage_slices)
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        part = "head" if model.backbone_stage_of(name) is None else "backbone"
-        decay = param.ndim > 1  # conv/linear weights decay; biases and BatchNorm affine parameters do not
+        stage = model.backbone_stage_of(name)
+        part = num_stages if stage is None else stage  # the head sorts after the backbone stages
+        decay = param.ndim > 1 and (stage is None or backbone_weight_decay)  # conv/linear weights decay
         groups.setdefault((part, decay), []).append(param)
-    rates = {"head": learning_rate, "backbone": learning_rate * backbone_lr_scale}
+
+    def rate(part: int) -> float:
+        if part == num_stages:
+            return learning_rate
+        return learning_rate * backbone_lr_scale * layer_lr_decay ** (num_stages - 1 - part)
+
     return [
-        {"params": params, "lr": rates[part], "weight_decay": weight_decay if decay else 0.0, "name": f"{part}"}
+        {
+            "params": params,
+            "lr": rate(part),
+            "weight_decay": weight_decay if decay else 0.0,
+            "name": "head" if part == num_stages else f"backbone.stage{part}",
+        }
         for (part, decay), params in sorted(groups.items())
     ]

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,11 +30,14 @@ import torch
 import torch.distributed as dist
 from transformers import AutoImageProcessor, TrainingArguments, set_seed
 
+from ..data import build_transforms
 from ..image_processing_hftransfer import TransferImageProcessor
+from ..metrics import training_warnings
 from ..modeling_hftransfer import TransferForImageClassification
-from ..recipes import Recipe, StageArguments
+from ..recipes import Recipe, StageArguments, stage_augmentation
 from .feature_cache import load_or_compute_features
 from .freezing import apply_stage_trainable, count_parameters
+from .selection import BEST_MODEL_FILE, ModelSelection, SelectionCallback
 from .trainer import (
     RankChecksumCallback,
     StageCheckpointCallback,
@@ -47,19 +49,6 @@ from .trainer import (
 logger = logging.getLogger(__name__)
 
 STAGE_COMPLETE = "stage_complete.json"
-
-# `data.augmentation` presets, as `hftransfer.data.AugmentationConfig` keyword arguments; "none" is deterministic.
-AUGMENTATION_PRESETS: dict[str, dict[str, Any] | None] = {
-    "none": None,
-    "light": {"crop_scale": (0.8, 1.0), "horizontal_flip": 0.5, "brightness": 0.1, "contrast": 0.1, "saturation": 0.0},
-    "strong": {
-        "crop_scale": (0.5, 1.0),
-        "horizontal_flip": 0.5,
-        "brightness": 0.3,
-        "contrast": 0.3,
-        "saturation": 0.3,
-    },
-}
 
 
 @dataclass
@@ -145,6 +134,7 @@ def _training_arguments(
         max_steps=stage.max_steps,
         learning_rate=stage.learning_rate,
         lr_scheduler_type=stage.lr_scheduler_type,
+        # transformers reads a float warmup_steps < 1 as a fraction of the steps (the recipe checks 0 <= ratio < 1).
         warmup_steps=stage.warmup_ratio,
         weight_decay=stage.weight_decay,
         optim=stage.optimizer,
@@ -171,6 +161,8 @@ def _training_arguments(
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
+        # timm's Mixup pairs each example with another in the batch: it needs even batch sizes.
+        dataloader_drop_last=stage.mixup_alpha > 0 or stage.cutmix_alpha > 0,
     )
 
 
@@ -254,10 +246,10 @@ class StagedFineTuner:
         return data, test_split
 
     # --- one stage --------------------------------------------------------------------------------------------
-    def _datasets_for_stage(self, stage: StageArguments, use_cache: bool, device: torch.device):
+    def _datasets_for_stage(self, stage: StageArguments, train_transform, use_cache: bool, device: torch.device):
         if not use_cache:
             return (
-                self.data.splits["train"].with_transform(self.train_transform),
+                self.data.splits["train"].with_transform(train_transform),
                 self.data.splits["validation"].with_transform(self.eval_transform),
                 self.collator,
             )
@@ -282,23 +274,54 @@ class StagedFineTuner:
             cached[split] = dataset
         return cached["train"], cached["validation"], None
 
+    def _stage_plan(self, stage: StageArguments):
+        """The stage's training transform and whether it trains the head on cached features (and why not)."""
+        augmentation = stage_augmentation(self.recipe, stage)
+        train_transform = build_transforms(self.processor, augmentation=augmentation)
+        mixes = stage.mixup_alpha > 0 or stage.cutmix_alpha > 0
+        use_cache = stage.trainable == "head" and stage.cache_features and train_transform.deterministic and not mixes
+        if stage.trainable == "head" and stage.cache_features and not use_cache:
+            reason = (
+                "mixup/cutmix mix images"
+                if mixes
+                else f"{'data' if stage.augmentation is None else 'stage'}.augmentation={augmentation!r} makes its "
+                "training transforms random"
+            )
+            logger.warning(
+                "Stage %s: not caching backbone features because %s; the frozen backbone is recomputed every epoch.",
+                stage.name,
+                reason,
+            )
+        return augmentation, train_transform, use_cache
+
     def _run_stage(self, index: int, stage: StageArguments) -> dict[str, Any]:
         stage_dir = _stage_dir(self.output_dir, index, stage)
-        apply_stage_trainable(self.model, stage)
-        use_cache = stage.trainable == "head" and stage.cache_features and self.train_transform.deterministic
-        if stage.trainable == "head" and stage.cache_features and not use_cache:
-            logger.warning(
-                "Stage %s: not caching backbone features because data.augmentation=%r makes the training transforms "
-                "random; the frozen backbone is recomputed every epoch.",
+        if self.selection is not None and self.selection.best is not None:
+            # Each stage starts from the best model so far (LP-FT: fine-tune from the best head, not the last).
+            self.selection.load_into(self.model)
+            logger.info(
+                "Stage %s starts from the best model so far (%s, epoch %s: validation %s %.4f)",
                 stage.name,
-                self.recipe.data.augmentation,
+                self.selection.best.stage,
+                self.selection.best.epoch,
+                self.selection.best.metric,
+                self.selection.best.value,
             )
+        apply_stage_trainable(self.model, stage)
+        augmentation, train_transform, use_cache = self._stage_plan(stage)
         # Building the arguments sets up the process group (multi-process runs) that the cache step synchronises on.
         args = _training_arguments(self.recipe, stage, stage_dir, cached=use_cache)
-        train_dataset, eval_dataset, collator = self._datasets_for_stage(stage, use_cache, args.device)
+        started = time.perf_counter()  # the stage's wall time includes computing its feature cache
+        train_dataset, eval_dataset, collator = self._datasets_for_stage(
+            stage, train_transform, use_cache, args.device
+        )
         if self.recipe.training.channels_last:
             self.model.to(memory_format=torch.channels_last)
         callbacks = [StageCheckpointCallback(index, stage.name)]
+        selection_callback = None
+        if self.selection is not None:
+            selection_callback = SelectionCallback(self.selection, index, stage.name, stage.early_stopping_patience)
+            callbacks.append(selection_callback)
         if os.environ.get("HFTRANSFER_RANK_CHECKSUM_DIR"):
             callbacks.append(RankChecksumCallback(os.environ["HFTRANSFER_RANK_CHECKSUM_DIR"], stage.name))
         from ..metrics import make_compute_metrics
@@ -312,15 +335,34 @@ class StagedFineTuner:
             compute_metrics=make_compute_metrics(self.id2label),
             callbacks=callbacks,
             backbone_lr_scale=stage.backbone_lr_scale,
+            layer_lr_decay=stage.layer_lr_decay,
+            label_smoothing=stage.label_smoothing,
+            mixup_alpha=stage.mixup_alpha,
+            cutmix_alpha=stage.cutmix_alpha,
+            l2sp_strength=stage.l2sp_strength,
+            l2sp_reference=self.pretrained_backbone if stage.l2sp_strength > 0 else None,
         )
         checkpoints = complete_checkpoints(stage_dir) if self.resume else []
         if checkpoints:
             logger.info("Stage %s: resuming from %s", stage.name, checkpoints[-1])
-        started = time.perf_counter()
+        logger.info(
+            "Stage %s: training on %d train images (%s), evaluating on %d validation images",
+            stage.name,
+            len(train_dataset),
+            "cached features" if use_cache else f"augmentation {augmentation}",
+            len(eval_dataset),
+        )
         trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
         wall_time = time.perf_counter() - started
         validation = self._evaluate(
             trainer, eval_dataset, f"confusion_matrix_{stage.name}.png", f"{stage.name}: validation"
+        )
+        logger.info(
+            "Stage %s done: validation accuracy %.4f, loss %.4f (%d images)",
+            stage.name,
+            validation["accuracy"],
+            validation["loss"],
+            validation["num_samples"],
         )
         record = {
             "name": stage.name,
@@ -333,13 +375,23 @@ class StagedFineTuner:
             "global_steps": trainer.state.global_step,
             "learning_rate": stage.learning_rate,
             "backbone_lr_scale": stage.backbone_lr_scale,
+            "layer_lr_decay": stage.layer_lr_decay,
             "lr_scheduler_type": stage.lr_scheduler_type,
             "warmup_ratio": stage.warmup_ratio,
             "optimizer": stage.optimizer,
             "weight_decay": stage.weight_decay,
+            "augmentation": augmentation,
+            "regularization": {
+                key: getattr(stage, key)
+                for key in ("label_smoothing", "mixup_alpha", "cutmix_alpha", "l2sp_strength")
+                if getattr(stage, key)
+            },
+            "early_stopping_patience": stage.early_stopping_patience,
+            "stopped_early_at_step": None if selection_callback is None else selection_callback.stopped_early_at,
             "used_feature_cache": use_cache,
             "wall_time_s": round(wall_time, 2),
             "validation": validation,
+            "warnings": training_warnings(validation, self.id2label, f"stage {stage.name}"),
             "log_history": trainer.state.log_history,
         }
         if self.ranks.is_main_process:
@@ -389,18 +441,30 @@ class StagedFineTuner:
         self._check_output_dir()
         set_seed(recipe.training.seed)
         started = time.perf_counter()
-        from ..data import ImageClassificationCollator, build_transforms
+        from ..data import ImageClassificationCollator
 
         self.data, test_split = self._load_data()
         self.id2label = {int(k): v for k, v in self.data.id2label.items()}
+        self._log_splits(test_split)
         # Head initialisation is seeded too, so a resumed or repeated run starts from the same weights.
         set_seed(recipe.training.seed)
         self.model, self.processor = _build_model(recipe, self.id2label)
-        self.eval_transform = build_transforms(self.processor)
-        self.train_transform = build_transforms(
-            self.processor, augmentation=AUGMENTATION_PRESETS[recipe.data.augmentation]
+        run_warnings = _weights_warnings(self.model)
+        for warning in run_warnings:
+            logger.warning(warning)
+        # L2-SP pulls the backbone towards these pretrained values (a rebuilt model gives the same ones on resume).
+        self.pretrained_backbone = (
+            {
+                name: param.detach().clone()
+                for name, param in self.model.named_parameters()
+                if self.model.backbone_stage_of(name) is not None
+            }
+            if any(stage.l2sp_strength > 0 for stage in recipe.stages)
+            else {}
         )
+        self.eval_transform = build_transforms(self.processor)
         self.collator = ImageClassificationCollator(extra_feature_columns=tuple(recipe.data.extra_feature_columns))
+        self.selection = self._model_selection()
         if self.ranks.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "recipe.yaml").write_text(recipe.to_yaml())
@@ -419,7 +483,8 @@ class StagedFineTuner:
             set_seed(recipe.training.seed + index)
             stage_records.append(self._run_stage(index, stage))
 
-        # Final evaluation on validation and test, with the model as it ends the last stage.
+        # The final model: the best evaluation across stages, or the model as the last stage ends.
+        selected = self._select_final_model(stage_records)
         final_trainer = TransferTrainer(
             model=self.model,
             args=_training_arguments(
@@ -427,15 +492,30 @@ class StagedFineTuner:
             ),
             data_collator=self.collator,
         )
-        final = {"validation": stage_records[-1]["validation"]}
+        validation_png = None if test_split else "confusion_matrix.png"
+        if selected["from_best"] or validation_png:
+            validation_dataset = self.data.splits["validation"].with_transform(self.eval_transform)
+            validation = self._evaluate(final_trainer, validation_dataset, validation_png, "validation split")
+        else:
+            validation = stage_records[-1]["validation"]
+        final = {"validation": validation}
         if test_split:
             test_dataset = self.data.splits[test_split].with_transform(self.eval_transform)
             final[test_split] = self._evaluate(
                 final_trainer, test_dataset, "confusion_matrix.png", f"{test_split} split"
             )
-        elif self.ranks.is_main_process:
-            last_matrix = self.output_dir / f"confusion_matrix_{recipe.stages[-1].name}.png"
-            shutil.copyfile(last_matrix, self.output_dir / "confusion_matrix.png")
+        for split, split_metrics in final.items():
+            logger.info(
+                "Final model (%s): %s accuracy %.4f, macro F1 %.4f on %d images",
+                selected["reason"],
+                split,
+                split_metrics["accuracy"],
+                split_metrics["f1"],
+                split_metrics["num_samples"],
+            )
+        run_warnings += training_warnings(validation, self.id2label, "the final model")
+        for warning in run_warnings:
+            logger.warning(warning)
 
         metrics = {
             "recipe_name": recipe.name,
@@ -446,6 +526,9 @@ class StagedFineTuner:
                 **{f"num_{split}": len(ds) for split, ds in self.data.splits.items()},
             },
             "id2label": {str(k): v for k, v in self.id2label.items()},
+            "evaluation_split": test_split or "validation",
+            "selected": {k: v for k, v in selected.items() if k != "from_best"},
+            "warnings": run_warnings,
             "final": final,
             "stages": [{k: v for k, v in r.items() if k != "log_history"} for r in stage_records],
             "training": {
@@ -454,6 +537,8 @@ class StagedFineTuner:
                 "precision": recipe.training.precision,
                 "seed": recipe.training.seed,
                 "image_size": self.model.config.image_size,
+                "metric_for_best_model": recipe.training.metric_for_best_model,
+                "model_selection": recipe.training.model_selection,
             },
             "hardware": _hardware(),
             "wall_time_s": round(time.perf_counter() - started, 2),
@@ -464,6 +549,72 @@ class StagedFineTuner:
             self._write_outputs(metrics, stage_records)
         self.ranks.barrier()
         return TrainResult(output_dir=self.output_dir, metrics=metrics, model=self.model)
+
+    def _log_splits(self, test_split: str | None) -> None:
+        sizes = ", ".join(f"{split} {len(ds)}" for split, ds in self.data.splits.items())
+        logger.info("Data %s: %s images, %d classes", self.recipe.data.dataset, sizes, len(self.id2label))
+        if test_split:
+            logger.info("Final scores are reported on the %r split; model selection uses 'validation'.", test_split)
+        else:
+            logger.warning(
+                "The data has no %r split: final scores are on 'validation', the split that also selects the "
+                "model, so they are optimistic. Hold out a test split for an unbiased score.",
+                self.recipe.data.test_split,
+            )
+
+    def _model_selection(self) -> ModelSelection | None:
+        train_args = self.recipe.training
+        if train_args.eval_strategy == "no":
+            if train_args.model_selection == "best":
+                logger.warning("training.eval_strategy='no': no evaluations to select from; the last model is kept.")
+            return None
+        selection = ModelSelection(
+            self.output_dir / "stages" / BEST_MODEL_FILE,
+            train_args.metric_for_best_model,
+            write=self.ranks.is_main_process,
+        )
+        if self.resume and selection.restore() is not None:
+            logger.info("Resuming with the best evaluation so far: %s", selection.best)
+        return selection
+
+    def _select_final_model(self, stage_records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Load the selected weights into `self.model`; describe the choice for metrics.json and the card."""
+        metric = self.recipe.training.metric_for_best_model
+        last = stage_records[-1]
+        last_value = last["validation"].get(metric)
+        if self.recipe.training.model_selection == "best" and self.selection is not None and self.selection.best:
+            best = self.selection.best
+            self.selection.load_into(self.model)
+            if best.stage_index == last["index"]:
+                reason = f"best validation {metric} of the last stage ({best.stage}, epoch {best.epoch})"
+            else:
+                later = [r["name"] for r in stage_records if r["index"] > best.stage_index]
+                reason = (
+                    f"stage {', '.join(later)} did not improve on stage {best.stage}'s best validation {metric}; "
+                    f"the stage {best.stage} model (epoch {best.epoch}) was kept"
+                )
+            return {
+                "stage": best.stage,
+                "stage_index": best.stage_index,
+                "epoch": best.epoch,
+                "step": best.step,
+                "metric": metric,
+                "value": best.value,
+                "policy": "best",
+                "reason": reason,
+                "from_best": True,
+            }
+        return {
+            "stage": last["name"],
+            "stage_index": last["index"],
+            "epoch": last["epochs"],
+            "step": last["global_steps"],
+            "metric": metric,
+            "value": last_value,
+            "policy": "last",
+            "reason": f"the model as the last stage ({last['name']}) ended (model_selection: last)",
+            "from_best": False,
+        }
 
     def _write_outputs(self, metrics: dict[str, Any], stage_records: list[dict[str, Any]]) -> None:
         from ..plots import plot_training_curves
@@ -482,6 +633,22 @@ class StagedFineTuner:
 
             push_to_hub(self.output_dir, repo_id=hub.repo_id, private=hub.private, revision=hub.revision)
         logger.info("hftransfer: wrote outputs to %s", self.output_dir)
+
+
+def _weights_warnings(model: TransferForImageClassification) -> list[str]:
+    if model.config.backbone_weights not in (None, "random"):
+        return []
+    warnings = [
+        "backbone_weights=random: the backbone starts from random weights, so this run is not transfer learning "
+        "(a from-scratch baseline)."
+    ]
+    if not model.config.backbone.endswith("_bn"):
+        warnings.append(
+            f"{model.config.backbone} has no BatchNorm: from random weights it rarely trains with fine-tuning "
+            f"settings (it tends to predict one class); use {model.config.backbone}_bn, all layers trainable, "
+            "and a head-sized learning rate for a from-scratch baseline."
+        )
+    return warnings
 
 
 def train(recipe: Recipe, resume: bool = False) -> TrainResult:

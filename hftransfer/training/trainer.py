@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainerCallback
 
 from .freezing import build_parameter_groups
@@ -16,32 +18,115 @@ STAGE_MARKER = "hftransfer_stage.json"
 
 
 class TransferTrainer(Trainer):
-    """A `Trainer` whose optimizer gives the backbone `backbone_lr_scale` times the head's learning rate.
+    """A `Trainer` with discriminative learning rates and the fine-tuning regularisers of a stage.
 
     Only parameters that require grad when the optimizer is created are optimised, so the stage's freeze plan must
-    be applied before the Trainer is built (one Trainer per stage: fresh optimizer, scheduler and DDP wrap).
+    be applied before the Trainer is built (one Trainer per stage: fresh optimizer, scheduler and DDP wrap). The
+    regularisers change the *training* loss only; evaluation always reports the plain cross-entropy, so validation
+    losses stay comparable across stages.
 
     Args:
         backbone_lr_scale (`float`, *optional*, defaults to 1.0):
             Multiplier of `args.learning_rate` for backbone parameter groups.
+        layer_lr_decay (`float`, *optional*, defaults to 1.0):
+            Each backbone stage trains `layer_lr_decay` times slower than the one after it (1: off).
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing of the training cross-entropy.
+        mixup_alpha (`float`, *optional*, defaults to 0.0), cutmix_alpha (`float`, *optional*, defaults to 0.0):
+            timm's `Mixup` on training batches of `pixel_values`, trained with timm's `SoftTargetCrossEntropy`.
+        l2sp_strength (`float`, *optional*, defaults to 0.0):
+            L2-SP: adds `l2sp_strength / 2 * sum((w - w0) ** 2)` over the trainable backbone parameters, `w0` their
+            values in `l2sp_reference` (the pretrained weights); the backbone then gets no plain weight decay.
+        l2sp_reference (`dict[str, torch.Tensor]`, *optional*):
+            Pretrained backbone tensors by parameter name (required when `l2sp_strength > 0`).
         **kwargs: Passed to `transformers.Trainer`.
     """
 
-    def __init__(self, *args, backbone_lr_scale: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        backbone_lr_scale: float = 1.0,
+        layer_lr_decay: float = 1.0,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        l2sp_strength: float = 0.0,
+        l2sp_reference: dict[str, torch.Tensor] | None = None,
+        **kwargs,
+    ):
         self.backbone_lr_scale = backbone_lr_scale
+        self.layer_lr_decay = layer_lr_decay
+        self.label_smoothing = label_smoothing
+        self.l2sp_strength = l2sp_strength
+        if l2sp_strength > 0 and not l2sp_reference:
+            raise ValueError("l2sp_strength > 0 needs l2sp_reference: the pretrained backbone tensors by name.")
+        self.l2sp_reference = l2sp_reference or {}
         super().__init__(*args, **kwargs)
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                label_smoothing=label_smoothing,
+                num_classes=self.model.config.num_labels,
+            )
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is None:
             opt_model = self.model if model is None else model
             groups = build_parameter_groups(
-                opt_model, self.args.learning_rate, self.backbone_lr_scale, self.args.weight_decay
+                opt_model,
+                self.args.learning_rate,
+                self.backbone_lr_scale,
+                self.args.weight_decay,
+                layer_lr_decay=self.layer_lr_decay,
+                backbone_weight_decay=self.l2sp_strength == 0,
             )
             if not groups:
                 raise ValueError("Nothing to train: every parameter is frozen in this stage.")
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    @property
+    def regularizes_loss(self) -> bool:
+        return self.label_smoothing > 0 or self.mixup is not None or self.l2sp_strength > 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (model.training and self.regularizes_loss):
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        if self.mixup is not None:
+            if "pixel_values" not in inputs:
+                raise ValueError("mixup/cutmix need image batches (`pixel_values`), not cached features.")
+            inputs["pixel_values"], soft_targets = self.mixup(inputs["pixel_values"], labels)
+            outputs = model(**inputs)
+            loss = SoftTargetCrossEntropy()(outputs.logits, soft_targets)
+        else:
+            outputs = model(**inputs)
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, label_smoothing=self.label_smoothing)
+        if self.l2sp_strength > 0:
+            loss = loss + self.l2sp_penalty(model)
+        return (loss, outputs) if return_outputs else loss
+
+    def l2sp_penalty(self, model) -> torch.Tensor:
+        """`l2sp_strength / 2` times the squared distance of the trainable backbone weights from the reference."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        total = None
+        for name, param in unwrapped.named_parameters():
+            reference = self.l2sp_reference.get(name)
+            if reference is None or not param.requires_grad:
+                continue
+            if reference.device != param.device:
+                reference = self.l2sp_reference[name] = reference.to(param.device)
+            term = (param - reference).pow(2).sum()
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros((), device=self.args.device)
+        return 0.5 * self.l2sp_strength * total
 
 
 class StageCheckpointCallback(TrainerCallback):

@@ -99,14 +99,29 @@ def test_parameter_groups_give_the_backbone_a_scaled_learning_rate():
     apply_stage_trainable(model, StageArguments(trainable="last_k", last_k_blocks=1))
     groups = build_parameter_groups(model, learning_rate=1e-3, backbone_lr_scale=0.1, weight_decay=0.01)
     by_name = {(g["name"], g["weight_decay"]): g for g in groups}
-    assert by_name[("backbone", 0.01)]["lr"] == pytest.approx(1e-4)
+    assert by_name[("backbone.stage4", 0.01)]["lr"] == pytest.approx(1e-4)
     assert by_name[("head", 0.01)]["lr"] == pytest.approx(1e-3)
-    assert by_name[("backbone", 0.0)]["lr"] == pytest.approx(1e-4)  # biases: no weight decay
-    backbone_params = {id(p) for g in groups if g["name"] == "backbone" for p in g["params"]}
+    assert by_name[("backbone.stage4", 0.0)]["lr"] == pytest.approx(1e-4)  # biases: no weight decay
+    backbone_params = {id(p) for g in groups if g["name"].startswith("backbone") for p in g["params"]}
     assert backbone_params == {id(p) for p in model.backbone.stage_parameters(4)}
 
     apply_stage_trainable(model, StageArguments(trainable="head"))
     assert {g["name"] for g in build_parameter_groups(model, 1e-3, 0.1, 0.0)} == {"head"}
+
+
+def test_layer_lr_decay_slows_each_earlier_block_and_l2sp_drops_backbone_weight_decay():
+    model = TransferForImageClassification(TransferConfig(image_size=32, pooling="avg", hidden_sizes=[8]))
+    apply_stage_trainable(model, StageArguments(trainable="all"))
+    groups = build_parameter_groups(model, 1e-3, 0.1, 0.05, layer_lr_decay=0.5, backbone_weight_decay=False)
+    rates = {g["name"]: g["lr"] for g in groups}
+    assert rates == pytest.approx(
+        {"head": 1e-3, **{f"backbone.stage{s}": 1e-4 * 0.5 ** (4 - s) for s in range(5)}}
+    )
+    # L2-SP replaces plain weight decay on the backbone; the head's weights still decay.
+    assert {g["weight_decay"] for g in groups if g["name"].startswith("backbone")} == {0.0}
+    assert {g["weight_decay"] for g in groups if g["name"] == "head"} == {0.0, 0.05}
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert trained == {id(p) for p in model.parameters()}
 
 
 def test_trainer_optimizer_uses_the_groups(tmp_path):
