@@ -61,6 +61,11 @@ class TransferConfig(PretrainedConfig):
             Where the backbone weights came from (timm/Hub id, file, Keras import); informational, used by model cards.
         initializer_range (`float`, *optional*, defaults to 0.01):
             Std of the normal init of the head's dense layers (timm's VGG classifier init).
+        num_labels, id2label, label2id, problem_type:
+            As in [`PretrainedConfig`]: a `num_labels` that disagrees with `id2label` replaces the label names by
+            `LABEL_0..LABEL_{num_labels - 1}` (with transformers' warning), which is how
+            `from_pretrained(checkpoint, num_labels=K, ignore_mismatched_sizes=True)` re-fine-tunes a saved model on
+            K new classes.
     """
 
     model_type = "hftransfer"
@@ -90,12 +95,13 @@ class TransferConfig(PretrainedConfig):
         if self.fusion_stages is not None:
             self.fusion_stages = list(self.fusion_stages)
         num_labels = kwargs.get("num_labels")
-        if self.id2label is not None and num_labels is not None and len(self.id2label) != num_labels:
-            raise _invalid("id2label", self.id2label, f"{num_labels} entries (num_labels={num_labels})")
         if num_labels is not None and (
             not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 1
         ):
             raise _invalid("num_labels", num_labels, "a positive integer")
+        # `PretrainedConfig` semantics: a `num_labels` that disagrees with `id2label` wins. transformers warns and
+        # rebuilds `id2label`/`label2id` as LABEL_0..LABEL_{n-1}; `from_pretrained(dir, num_labels=K,
+        # ignore_mismatched_sizes=True)` (re-fine-tuning a checkpoint on new labels) relies on it.
         super().__post_init__(**kwargs)
         self.validate()
 

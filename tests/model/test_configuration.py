@@ -1,4 +1,7 @@
+import logging
+
 import pytest
+from transformers import ResNetConfig
 
 from hftransfer import TransferConfig
 from hftransfer.configuration_hftransfer import SUPPORTED_BACKBONES
@@ -27,7 +30,8 @@ from hftransfer.configuration_hftransfer import SUPPORTED_BACKBONES
         ({"head": "fusion", "pooling": "avg", "fusion_stages": []}, "fusion_stages", "non-empty"),
         ({"head": "fusion", "pooling": "avg", "extra_features_dim": -1}, "extra_features_dim", ">= 0"),
         ({"extra_features_dim": 4}, "extra_features_dim", "head='fusion'"),
-        ({"num_labels": 3, "id2label": {0: "a", 1: "b"}}, "id2label", "3 entries"),
+        ({"id2label": {0: "a", 1: "b"}, "label2id": {"a": 0}}, "label2id", "2 entries, like id2label"),
+        ({"num_labels": 2.5}, "num_labels", "positive integer"),
         ({"num_labels": 0}, "num_labels", "positive integer"),
         ({"problem_type": "ranking"}, "problem_type", "single_label_classification"),
     ],
@@ -77,3 +81,30 @@ def test_round_trip_through_json(tmp_path):
     assert loaded.to_dict() == config.to_dict()
     assert loaded.fusion_stages == [1, 4] and loaded.hidden_sizes == [64, 32]
     assert loaded.id2label == {0: "cat", 1: "dog"}
+
+
+LABELS = {i: name for i, name in enumerate("abcdefghij")}
+
+
+def test_num_labels_that_disagrees_with_id2label_rebuilds_the_labels_like_pretrained_config(caplog):
+    # PretrainedConfig semantics (ResNetConfig as the reference): warn, then LABEL_0..LABEL_{n-1}.
+    with caplog.at_level(logging.WARNING):
+        config = TransferConfig(num_labels=5, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    reference = ResNetConfig(num_labels=5, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+    assert config.num_labels == 5
+    assert config.id2label == reference.id2label == {i: f"LABEL_{i}" for i in range(5)}
+    assert config.label2id == reference.label2id == {f"LABEL_{i}": i for i in range(5)}
+    assert "You passed `num_labels=5` which is incompatible to the `id2label` map of length `10`" in caplog.text
+
+
+def test_from_pretrained_with_another_num_labels(tmp_path):
+    TransferConfig(id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, image_size=64).save_pretrained(
+        tmp_path
+    )
+    same = TransferConfig.from_pretrained(tmp_path, num_labels=10)
+    assert same.id2label == LABELS  # the same size keeps the names
+    reloaded = TransferConfig.from_pretrained(tmp_path, num_labels=5)
+    assert reloaded.num_labels == 5 and reloaded.id2label == {i: f"LABEL_{i}" for i in range(5)}
+    assert reloaded.image_size == 64  # everything else comes from the checkpoint
+    reloaded.num_labels = 3  # the property setter, as on any PretrainedConfig
+    assert reloaded.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2}
