@@ -5,7 +5,7 @@ hftransfer installed no remote code is needed; saved checkpoints also carry thei
 environments without it.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification, AutoVideoProcessor
 
 from .configuration_hftransfer import TransferConfig
 from .image_processing_hftransfer import TransferImageProcessor, convert_to_rgb_image
@@ -25,6 +25,11 @@ AutoModelForImageClassification.register(TransferConfig, TransferForImageClassif
 AutoImageProcessor.register(
     TransferConfig, image_processor_classes={"torchvision": TransferImageProcessor}, exist_ok=True
 )
+# hftransfer models have no video processor. `pipeline(...)` probes `AutoVideoProcessor` anyway, which derives a remote
+# class name from the image processor's `auto_map` and, finding no local code for this config, asks "Do you wish to
+# run the custom code?" (15 s wait in a terminal). An empty backend map is local code that names no class: the probe
+# ends in its ordinary "no video processor" ValueError, which pipelines treat as "none", without a prompt.
+AutoVideoProcessor.register(TransferConfig, video_processor_classes={}, exist_ok=True)
 
 # `save_pretrained` then writes the code files and `auto_map`, for `trust_remote_code=True` loading elsewhere.
 TransferConfig.register_for_auto_class()
