@@ -38,6 +38,33 @@ TransferForImageClassification.register_for_auto_class("AutoModelForImageClassif
 TransferImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
+def create_model_and_processor(backbone_weights="keras-imagenet", **kwargs):
+    r"""
+    Build a model with pretrained backbone weights and the image processor that matches them, in one call.
+
+    ```python
+    >>> import hftransfer
+    >>> model, processor = hftransfer.create_model_and_processor("keras-imagenet", num_labels=5, image_size=64)
+    >>> processor.image_std  # the Keras weights expect 0-255 inputs minus the mean: std 1/255 in [0, 1] units
+    ```
+
+    Args:
+        backbone_weights (`str`, `os.PathLike` or `None`, *optional*, defaults to `"keras-imagenet"`):
+            Any source [`~hftransfer.weights.load_backbone_weights`] accepts (`"keras-imagenet"`,
+            `"timm/vgg16.tv_in1k"`, a `.safetensors`/`.pth`/`.h5`/`.onnx` file); `None` keeps the random init.
+        kwargs:
+            `cache_dir` and the [`TransferConfig`] fields (`backbone`, `num_labels`, `image_size`, `pooling`, ...), as
+            for [`~hftransfer.weights.create_model`].
+
+    Returns:
+        `tuple[TransferForImageClassification, TransferImageProcessor]`: the model (eval mode) and its processor
+        (resize to `image_size`, the weights' `image_mean`/`image_std`).
+    """
+    from .weights import create_model
+
+    return create_model(backbone_weights, return_processor=True, **kwargs)
+
+
 def __getattr__(name: str):
     # Heavier entry points (weights conversion, data, training) are imported on first use so that
     # `import hftransfer` stays cheap.
@@ -59,4 +86,5 @@ __all__ = [
     "TransferPreTrainedModel",
     "__version__",
     "convert_to_rgb_image",
+    "create_model_and_processor",
 ]

@@ -11,8 +11,24 @@ import PIL.Image
 import torch
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import PILImageResampling
+from transformers.utils import logging
 
 from .configuration_hftransfer import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, TransferConfig
+
+logger = logging.get_logger(__name__)
+
+# `from_pretrained` keyword arguments that say where to read files from (the rest configure the processor).
+_HUB_KWARGS = (
+    "cache_dir",
+    "force_download",
+    "proxies",
+    "token",
+    "local_files_only",
+    "revision",
+    "subfolder",
+    "_from_auto",
+    "_from_pipeline",
+)
 
 
 def convert_to_rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -90,6 +106,7 @@ class TransferImageProcessor(TorchvisionBackend):
                 `"exact"` resizes to `image_size` x `image_size`; `"crop"` resizes the shortest edge to
                 `image_size / crop_pct` and center-crops `image_size` (the ImageNet evaluation protocol).
             crop_pct (`float`, *optional*, defaults to 0.875): Crop fraction for `resize_mode="crop"`.
+            kwargs: Other processor attributes (`resample`, `do_convert_rgb`, ...); they override the config's.
         """
         side = config.image_size
         if resize_mode == "exact":
@@ -104,7 +121,40 @@ class TransferImageProcessor(TorchvisionBackend):
             }
         else:
             raise ValueError(f"resize_mode={resize_mode!r} is invalid: expected 'exact' or 'crop'.")
-        return cls(image_mean=list(config.image_mean), image_std=list(config.image_std), **geometry, **kwargs)
+        # Explicit keyword arguments (e.g. `size=...`) win over what the config implies.
+        return cls(
+            **{"image_mean": list(config.image_mean), "image_std": list(config.image_std), **geometry, **kwargs}
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs) -> TransferImageProcessor:
+        """Load a saved processor (`preprocessor_config.json`); for an hftransfer model saved without one (only
+        `config.json`), derive it from the model config with [`~TransferImageProcessor.from_transfer_config`].
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                A folder or Hub repo id, as for [`~transformers.ImageProcessingMixin.from_pretrained`].
+            kwargs:
+                Hub arguments (`cache_dir`, `revision`, `token`, `local_files_only`, `subfolder`, ...) and processor
+                attributes to override (`size={"height": 64, "width": 64}`, ...).
+        """
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except OSError as missing:
+            hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+            try:
+                config_dict, _ = TransferConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+            except (OSError, ValueError):
+                raise missing from None
+            if config_dict.get("model_type") != TransferConfig.model_type:
+                raise missing
+            overrides = {key: value for key, value in kwargs.items() if key not in _HUB_KWARGS}
+            overrides.pop("return_unused_kwargs", None)
+            logger.info(
+                f"No preprocessor_config.json in {pretrained_model_name_or_path}: using the processor its config.json "
+                "implies (image_size, image_mean, image_std)."
+            )
+            return cls.from_transfer_config(TransferConfig.from_dict(config_dict), **overrides)
 
     @property
     def output_size(self) -> tuple[int, int]:

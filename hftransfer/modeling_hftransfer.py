@@ -1,11 +1,12 @@
 """hftransfer models: a timm VGG conv base (no fc6/fc7) with a new classification or fusion head.
 
 This file is copied next to saved checkpoints as remote code: it imports only torch, timm, transformers and its
-sibling configuration file (invariant 1).
+sibling configuration and image processing files (invariant 1).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
 
 from .configuration_hftransfer import NUM_BACKBONE_STAGES, TransferConfig
+from .image_processing_hftransfer import TransferImageProcessor
+
+PROCESSOR_FILE = "preprocessor_config.json"
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}
 
@@ -202,6 +206,35 @@ class TransferPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             init.zeros_(module.bias)
+
+    # --- saving ---------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, **kwargs):
+        """[`~transformers.PreTrainedModel.save_pretrained`], plus the image processor the config implies
+        (`preprocessor_config.json`: `image_size`, `image_mean`, `image_std`) when the folder has none yet, so that
+        `AutoImageProcessor.from_pretrained` and `pipeline` work on any saved model. A processor saved before or
+        after (e.g. with a center crop) is kept or wins.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): Folder to write to.
+            is_main_process (`bool`, *optional*, defaults to `True`): Only the main process writes files.
+            kwargs: Passed to [`~transformers.PreTrainedModel.save_pretrained`] (`push_to_hub`, `state_dict`, ...).
+        """
+        result = super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            self._save_default_processor(save_directory)
+        return result
+
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        # `save_pretrained(push_to_hub=True)` and `push_to_hub` upload from here: add the processor before they do.
+        self._save_default_processor(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
+
+    def _save_default_processor(self, save_directory: str | os.PathLike) -> None:
+        if os.path.isfile(os.path.join(save_directory, PROCESSOR_FILE)):
+            return
+        if TransferImageProcessor._auto_class is None:  # loaded as remote code: keep `auto_map` in the saved file
+            TransferImageProcessor.register_for_auto_class("AutoImageProcessor")
+        TransferImageProcessor.from_transfer_config(self.config).save_pretrained(save_directory)
 
     # --- staged fine-tuning -------------------------------------------------------------------------------------
     def freeze_backbone(self) -> None:

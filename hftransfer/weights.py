@@ -51,6 +51,7 @@ from .configuration_hftransfer import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_ST
 if TYPE_CHECKING:
     from torch import nn
 
+    from .image_processing_hftransfer import TransferImageProcessor
     from .modeling_hftransfer import TransferForImageClassification
 
 logger = logging.getLogger(__name__)
@@ -1162,17 +1163,21 @@ def create_model(
     backbone_weights: str | os.PathLike | None = KERAS_IMAGENET,
     *,
     cache_dir: str | os.PathLike | None = None,
+    return_processor: bool = False,
     **config_kwargs: Any,
-) -> TransferForImageClassification:
+) -> TransferForImageClassification | tuple[TransferForImageClassification, TransferImageProcessor]:
     r"""
     Build a [`TransferForImageClassification`] with pretrained backbone weights, in one call.
 
     The config takes `image_mean`, `image_std` and `backbone_weights` from the weights, so the image processor built
-    from it normalises inputs the way the backbone was trained. Example:
+    from it normalises inputs the way the backbone was trained (`return_processor=True` returns it; `save_pretrained`
+    of the model writes it too). Example:
 
     ```python
     >>> from hftransfer.weights import create_model
-    >>> model = create_model("keras-imagenet", num_labels=10, image_size=64, pooling="avg")
+    >>> model, processor = create_model(
+    ...     "keras-imagenet", num_labels=10, image_size=64, pooling="avg", return_processor=True
+    ... )
     ```
 
     Args:
@@ -1180,14 +1185,19 @@ def create_model(
             Any source accepted by [`load_backbone_weights`]; `None`/`"random"` keeps the random init.
         cache_dir (`str` or `os.PathLike`, *optional*):
             Cache root for converted weights.
+        return_processor (`bool`, *optional*, defaults to `False`):
+            Also return the [`TransferImageProcessor`] matching the weights (resize to `image_size`, the weights'
+            `image_mean`/`image_std`).
         config_kwargs:
             Passed to [`TransferConfig`] (`backbone`, `num_labels`, `image_size`, `head`, ...). Explicit `image_mean`
             or `image_std` must agree with the weights' convention.
 
     Returns:
-        [`TransferForImageClassification`]: in eval mode, like `from_pretrained`.
+        [`TransferForImageClassification`] in eval mode, like `from_pretrained`; with `return_processor=True`, a
+        `(model, processor)` tuple.
     """
     from .configuration_hftransfer import TransferConfig
+    from .image_processing_hftransfer import TransferImageProcessor
     from .modeling_hftransfer import TransferForImageClassification
 
     weights = load_backbone_weights(
@@ -1205,7 +1215,10 @@ def create_model(
     model = TransferForImageClassification(config)
     if weights.state_dict is not None:
         _load_into_module(model.backbone, weights)
-    return model.eval()
+    model.eval()
+    if return_processor:
+        return model, TransferImageProcessor.from_transfer_config(config)
+    return model
 
 
 # --------------------------------------------------------------------------------------------------------------------
