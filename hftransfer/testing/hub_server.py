@@ -87,7 +87,11 @@ MODULE_NAME = "hftransfer.testing.hub_server"
 DEFAULT_LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub refuses regular (non-LFS) files above 10 MiB
 DEFAULT_UPLOAD_LINK_TTL = 3600.0
 TREE_PAGE_SIZE = 1000  # the Hub's page size for tree listings
-MAX_JSON_BODY = 64 * 1024 * 1024
+MAX_JSON_BODY = 16 * 1024 * 1024
+MAX_DRAIN = (
+    4 * 1024 * 1024
+)  # unread body bytes read and dropped after an early answer; beyond, the connection is closed
+MAX_PREUPLOAD_FILES = 1000  # huggingface_hub sends 256 per request
 IO_CHUNK = 1024 * 1024
 STARTUP_LINE = "hftransfer hub server listening on"
 
@@ -107,6 +111,7 @@ _PR_REF_RE = re.compile(r"^refs/pr/([1-9][0-9]{0,8})$")
 _HEX40_RE = re.compile(r"^[0-9a-f]{40}$")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 _OID_PREFIX_RE = re.compile(r"^[0-9a-fA-F]{5,40}$")
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 # The `.gitattributes` the Hub writes into every new repository: these patterns are stored with LFS.
@@ -215,63 +220,250 @@ def _is_binary_sample(sample: bytes) -> bool:
     return True
 
 
-def _glob_to_regex(pattern: str) -> re.Pattern[str]:
-    """Translate a gitattributes/gitignore glob (`*`, `?`, `**`, `[...]`) into a regex over '/'-separated paths."""
-    out, i = [], 0
+MAX_GLOB_PATTERNS = 1000  # lines of a .gitattributes / .gitignore (or a preupload's gitIgnore) that are honoured
+MAX_GLOB_LENGTH = 1024  # characters of one pattern
+MAX_GLOB_TEXT = 256 * 1024  # bytes of a preupload's gitIgnore
+# Automaton steps one request may spend on patterns that need the general matcher (each step is a cached
+# dictionary lookup per character: ~0.1 us). Beyond it the request is refused instead of occupying a thread.
+MATCH_BUDGET = 10_000_000
+
+
+class GlobTooExpensive(Exception):
+    """Matching these patterns against these paths would exceed the request's budget."""
+
+
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, steps: int = MATCH_BUDGET) -> None:
+        self.left = steps
+
+    def spend(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise GlobTooExpensive(f"matching needs more than {MATCH_BUDGET} steps")
+
+
+_LIT, _ANY, _CLASS, _STAR, _DSTAR, _OPT = range(6)
+
+
+def _parse_class(pattern: str, start: int) -> tuple[tuple[bool, frozenset[str], tuple[tuple[str, str], ...]], int]:
+    """Parse `[...]` starting after the `[`; returns ((negate, chars, ranges), index after `]`) or raises ValueError."""
+    i, negate = start, False
+    if i < len(pattern) and pattern[i] in "!^":
+        negate, i = True, i + 1
+    chars: set[str] = set()
+    ranges: list[tuple[str, str]] = []
+    first = True
     while i < len(pattern):
         char = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("/**", i) and i + 3 == len(pattern):
-            out.append("/.*")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif char == "*":
-            out.append("[^/]*")
+        if char == "]" and not first:
+            return (negate, frozenset(chars), tuple(ranges)), i + 1
+        if char == "\\" and i + 1 < len(pattern):
             i += 1
-        elif char == "?":
-            out.append("[^/]")
-            i += 1
-        elif char == "[" and "]" in pattern[i + 1 :]:
-            end = pattern.index("]", i + 1)
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
-            out.append(f"[^{body[1:]}]" if body.startswith("!") else f"[{body}]")
-            i = end + 1
+            char = pattern[i]
+        if i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            ranges.append((char, pattern[i + 2]))
+            i += 3
         else:
-            out.append(re.escape(char))
+            chars.add(char)
             i += 1
-    return re.compile("".join(out) + r"\Z")
+        first = False
+    raise ValueError("unclosed '['")
+
+
+class Glob:
+    """One git-style glob, matched by a lazily built DFA (linear in the subject's length, no backtracking).
+
+    `*` and `?` and `[...]` never match `/`; `**/` matches zero or more folders, `/**` at the end everything below,
+    any other `**` any string. A backslash escapes the next character.
+    """
+
+    __slots__ = ("pattern", "_tokens", "_kind", "_parts", "_literal", "_dfa", "_start")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        tokens: list[tuple] = []
+        i = 0
+        while i < len(pattern):
+            char = pattern[i]
+            if pattern.startswith("**/", i):
+                tokens += [(_OPT, len(tokens) + 3), (_DSTAR,), (_LIT, "/")]
+                i += 3
+            elif pattern.startswith("**", i):
+                tokens.append((_DSTAR,))
+                i += 2
+            elif char == "*":
+                tokens.append((_STAR,))
+                i += 1
+            elif char == "?":
+                tokens.append((_ANY,))
+                i += 1
+            elif char == "[":
+                try:
+                    klass, i = _parse_class(pattern, i + 1)
+                    tokens.append((_CLASS, klass))
+                except ValueError:  # an unclosed bracket is a literal, as in git
+                    tokens.append((_LIT, "["))
+                    i += 1
+            elif char == "\\" and i + 1 < len(pattern):
+                tokens.append((_LIT, pattern[i + 1]))
+                i += 2
+            else:
+                tokens.append((_LIT, char))
+                i += 1
+        self._tokens = tokens
+        # Fast paths, matched with str methods in C: a literal, or literals separated by `*` (no `/` in the subject
+        # then, since `*` cannot cross it: callers only use them for basenames).
+        kinds = {token[0] for token in tokens}
+        self._parts: list[str] = []
+        self._literal = "".join(token[1] for token in tokens) if kinds <= {_LIT} else ""
+        if kinds <= {_LIT}:
+            self._kind = "literal"
+        elif kinds <= {_LIT, _STAR, _DSTAR} and "/" not in pattern:
+            self._kind = "stars"
+            parts, current = [], []
+            for token in tokens:
+                if token[0] == _LIT:
+                    current.append(token[1])
+                else:
+                    parts.append("".join(current))
+                    current = []
+            parts.append("".join(current))
+            self._parts = parts
+        else:
+            self._kind = "dfa"
+        self._dfa: dict[tuple[frozenset[int], str], frozenset[int]] = {}
+        self._start = self._closure({0})
+
+    def _closure(self, states: set[int]) -> frozenset[int]:
+        stack, seen = list(states), set(states)
+        while stack:
+            index = stack.pop()
+            if index >= len(self._tokens):
+                continue
+            token = self._tokens[index]
+            targets = (
+                (index + 1,) if token[0] in (_STAR, _DSTAR) else (index + 1, token[1]) if token[0] == _OPT else ()
+            )
+            for target in targets:
+                if target not in seen:
+                    seen.add(target)
+                    stack.append(target)
+        return frozenset(seen)
+
+    def _step(self, states: frozenset[int], char: str) -> frozenset[int]:
+        key = (states, char)
+        found = self._dfa.get(key)
+        if found is not None:
+            return found
+        following: set[int] = set()
+        for index in states:
+            if index >= len(self._tokens):
+                continue
+            token = self._tokens[index]
+            kind = token[0]
+            if kind == _LIT:
+                if char == token[1]:
+                    following.add(index + 1)
+            elif kind == _ANY:
+                if char != "/":
+                    following.add(index + 1)
+            elif kind == _CLASS:
+                negate, chars, ranges = token[1]
+                hit = char in chars or any(low <= char <= high for low, high in ranges)
+                if hit != negate and char != "/":
+                    following.add(index + 1)
+            elif kind == _STAR:
+                if char != "/":
+                    following.add(index)
+            elif kind == _DSTAR:
+                following.add(index)
+        result = self._closure(following)
+        if len(self._dfa) < 4096:  # bounded cache; beyond it each step is computed (still no backtracking)
+            self._dfa[key] = result
+        return result
+
+    def match(self, subject: str, budget: _Budget | None = None) -> bool:
+        """Whether the whole `subject` matches."""
+        if self._kind == "literal":
+            return subject == self._literal
+        if self._kind == "stars" and "/" not in subject:
+            if budget is not None:
+                budget.spend(4 + len(subject) // 64)
+            return _match_stars(self._parts, subject)
+        return len(self._tokens) in self._run(subject, budget)[-1]
+
+    def match_prefixes(self, subject: str, budget: _Budget | None = None) -> list[bool]:
+        """For each '/'-separated prefix of `subject` (`a`, `a/b`, `a/b/c`), whether it matches: one pass."""
+        ends = [end for end, char in enumerate(subject + "/") if char == "/"]
+        if self._kind == "literal":
+            return [end == len(self._literal) and subject.startswith(self._literal) for end in ends]
+        states = self._run(subject, budget)
+        accept = len(self._tokens)
+        return [accept in states[end] for end in ends]
+
+    def _run(self, subject: str, budget: _Budget | None) -> list[frozenset[int]]:
+        """The DFA state before each character and at the end (`states[k]` = after `subject[:k]`)."""
+        if budget is not None:
+            budget.spend(2 * (len(subject) + 1))
+        states, current = [self._start], self._start
+        for char in subject:
+            current = self._step(current, char) if current else current
+            states.append(current)
+        return states
+
+
+def _match_stars(parts: list[str], subject: str) -> bool:
+    """Match literals separated by stars (`parts` from splitting on `*`), greedily: O(len(subject)) with str.find."""
+    if len(parts) == 1:
+        return subject == parts[0]
+    first, last = parts[0], parts[-1]
+    if len(subject) < len(first) + len(last) or not subject.startswith(first) or not subject.endswith(last):
+        return False
+    position, end = len(first), len(subject) - len(last)
+    for middle in parts[1:-1]:
+        found = subject.find(middle, position, end)
+        if found < 0:
+            return False
+        position = found + len(middle)
+    return True
 
 
 class _PatternSet:
-    """Ordered git-style patterns where the last match wins (gitattributes `filter=lfs`, gitignore with `!`)."""
+    """Ordered git-style patterns where the last match wins (gitattributes `filter=lfs`, gitignore with `!`).
+
+    At most `MAX_GLOB_PATTERNS` patterns of at most `MAX_GLOB_LENGTH` characters are kept; `skipped` counts the
+    others (a preupload's own `gitIgnore` is refused then; a committed file is honoured up to the limit).
+    """
 
     def __init__(self) -> None:
-        self._rules: list[tuple[re.Pattern[str], bool, bool, bool]] = []  # regex, value, basename_only, dir_only
+        self._rules: list[tuple[Glob, bool, bool, bool]] = []  # glob, value, basename_only, dir_only
+        self.skipped = 0
 
     def add(self, pattern: str, value: bool) -> None:
+        if len(self._rules) >= MAX_GLOB_PATTERNS or len(pattern) > MAX_GLOB_LENGTH:
+            self.skipped += 1
+            return
         dir_only = pattern.endswith("/")
         pattern = pattern.rstrip("/")
         anchored = "/" in pattern
         pattern = pattern.lstrip("/")
         if pattern:
-            self._rules.append((_glob_to_regex(pattern), value, not anchored, dir_only))
+            self._rules.append((Glob(pattern), value, not anchored, dir_only))
 
-    def match(self, path: str) -> bool | None:
+    def match(self, path: str, budget: _Budget | None = None) -> bool | None:
         parts = path.split("/")
-        result: bool | None = None
-        for regex, value, basename_only, dir_only in self._rules:
+        for glob, value, basename_only, dir_only in reversed(self._rules):  # the last matching rule wins
             # A pattern matching a parent directory applies to everything below it (gitignore semantics).
-            candidates = range(len(parts) - 1) if dir_only else range(len(parts))
-            for depth in candidates:
-                subject = parts[depth] if basename_only else "/".join(parts[: depth + 1])
-                if regex.match(subject):
-                    result = value
-                    break
-        return result
+            if basename_only:
+                hit = any(glob.match(part, budget) for part in (parts[:-1] if dir_only else parts))
+            else:
+                hits = glob.match_prefixes(path, budget)
+                hit = any(hits[:-1] if dir_only else hits)
+            if hit:
+                return value
+        return None
 
     @classmethod
     def from_gitattributes(cls, text: str) -> _PatternSet:
@@ -312,24 +504,84 @@ def _split_front_matter(content: str) -> str | None:
     return None
 
 
+MAX_CARD_METADATA = 64 * 1024  # bytes of a model card's YAML block that are parsed
+MAX_CARD_JSON = 256 * 1024  # bytes of `cardData` (as JSON) served in repo info; larger metadata is left out
+MAX_CARD_DEPTH = 50  # nesting levels of the card's YAML
+
+
+def _yaml_loader() -> Any:
+    """A `yaml.SafeLoader` subclass that refuses aliases (`*name`) and deep nesting, or None without PyYAML.
+
+    Aliases are what makes a few hundred bytes of YAML expand into gigabytes ("billion laughs"); model cards have
+    no use for them, so they are an error, like invalid YAML.
+    """
+    try:
+        import yaml
+    except ImportError:  # PyYAML missing: accept the card rather than refuse what we cannot check
+        return None
+
+    class NoAliasLoader(yaml.SafeLoader):
+        _depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"YAML aliases (*{event.anchor}) are not allowed in model card metadata",
+                    event.start_mark,
+                )
+            self._depth += 1
+            try:
+                if self._depth > MAX_CARD_DEPTH:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"metadata is nested deeper than {MAX_CARD_DEPTH} levels",
+                        self.peek_event().start_mark,
+                    )
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    return NoAliasLoader
+
+
 def _parse_card_metadata(content: str) -> tuple[dict | None, str | None]:
     """Parse a model card's YAML metadata. Returns `(metadata, error)`; both None when the card has none."""
     block = _split_front_matter(content)
     if block is None:
         return None, None
-    try:
-        import yaml
-    except ImportError:  # PyYAML missing: accept the card rather than refuse what we cannot check
+    loader = _yaml_loader()
+    if loader is None:
         return None, None
+    import yaml
+
+    if len(block.encode()) > MAX_CARD_METADATA:
+        return None, f"Model card metadata is larger than {MAX_CARD_METADATA} bytes."
     try:
-        data = yaml.safe_load(block)
+        data = yaml.load(block, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         return None, f"Invalid YAML in the model card metadata: {exc}"
+    except (RecursionError, ValueError, OverflowError) as exc:
+        return None, f"Invalid YAML in the model card metadata: {type(exc).__name__}: {exc}"
     if data is None:
         return None, None
     if not isinstance(data, dict):
         return None, f"Model card metadata must be a YAML mapping, got {type(data).__name__}."
     return data, None
+
+
+def _card_tags(card: dict) -> dict:
+    """`tags` (and `library_name`, `pipeline_tag`) of repo info, from the card's metadata, as the Hub lists them."""
+    tags = card.get("tags")
+    result: dict[str, Any] = {"tags": [str(tag) for tag in tags][:100] if isinstance(tags, list) else []}
+    for key in ("library_name", "pipeline_tag"):
+        if isinstance(card.get(key), str):
+            result[key] = card[key]
+            result["tags"].append(card[key])
+    return result
 
 
 def check_name(value: str, what: str) -> str:
@@ -352,7 +604,7 @@ def check_name(value: str, what: str) -> str:
         or not _NAME_RE.match(value)
         or "--" in value
         or ".." in value
-        or value.endswith(".git")
+        or value.lower().endswith(".git")
     ):
         raise HubHTTPError(
             400,
@@ -397,8 +649,10 @@ def check_repo_path(path: Any, *, allow_empty: bool = False) -> str:
         parts = stripped.split("/")
         if any(part in ("", ".", "..") for part in parts):
             problem = "'.', '..' and empty components are not allowed (path traversal)"
-        elif ".git" in parts:
-            problem = "'.git' folders are reserved"
+        elif any(part.lower() == ".git" for part in parts):
+            problem = "'.git' folders are reserved (in any letter case)"
+        elif _DRIVE_RE.match(parts[0]):
+            problem = "drive letters are not allowed (paths are relative, '/'-separated)"
     if problem:
         raise HubHTTPError(400, f"Invalid path in repository {path!r}: {problem}.")
     return stripped
@@ -846,9 +1100,11 @@ class _RequestBody:
         if not self._chunked:
             raw = headers.get("Content-Length")
             if raw is not None:
-                if not raw.strip().isdigit():
-                    raise _BadFraming(f"invalid Content-Length {raw!r}")
-                self._remaining = self.declared_length = int(raw)
+                value = raw.strip()
+                # ASCII digits only ("²".isdigit() is true) and few enough for int() and for any real body.
+                if not (value.isascii() and value.isdigit()) or len(value) > 18:
+                    raise _BadFraming(f"invalid Content-Length {raw[:40]!r}: expected a number of bytes")
+                self._remaining = self.declared_length = int(value)
         self.eof = not self._chunked and self._remaining == 0
         self.bytes_read = 0
 
@@ -927,9 +1183,28 @@ class _RequestBody:
         if buffer:
             yield bytes(buffer)
 
-    def drain(self) -> None:
-        while self.read():
-            pass
+    def drain(self, limit: int = MAX_DRAIN) -> bool:
+        """Read and drop the rest of the body, up to `limit` bytes; False when more is left (close, do not wait)."""
+        if self.declared_length is not None and self.declared_length - self.bytes_read > limit:
+            return False
+        drained = 0
+        while chunk := self.read():
+            drained += len(chunk)
+            if drained > limit:
+                return False
+        return True
+
+
+def _parse_json(raw: bytes, what: str) -> Any:
+    """Parse JSON from a client; anything malformed (bad UTF-8, syntax, nesting too deep) is a 400."""
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HubHTTPError(400, f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise HubHTTPError(400, f"{what} is nested too deeply.") from None
 
 
 @dataclass
@@ -962,13 +1237,7 @@ class Request:
         return (self.param(name) or "").lower() in ("1", "true", "yes")
 
     def json(self) -> Any:
-        raw = self.body.read_all()
-        if not raw.strip():
-            return {}
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise HubHTTPError(400, f"Request body is not valid JSON: {exc}") from None
+        return _parse_json(self.body.read_all(), "Request body")
 
     def json_object(self) -> dict:
         data = self.json()
@@ -1399,6 +1668,11 @@ class HubApp:
         except (OSError, UnicodeDecodeError):
             return None
         metadata, _ = _parse_card_metadata(content)
+        if metadata is not None and len(json.dumps(metadata, default=str)) > MAX_CARD_JSON:
+            logger.warning(
+                "card metadata of %s %s is over %d bytes as JSON: not served", repo_type, repo_id, MAX_CARD_JSON
+            )
+            return None
         return metadata
 
     def _repo_summary(self, request: Request, meta: dict, commit: dict, *, blobs: bool, full: bool) -> dict:
@@ -1425,12 +1699,7 @@ class HubApp:
         card = self._card_metadata(repo_type, repo_id, tree)
         if card is not None:
             info["cardData"] = card
-            tags = card.get("tags")
-            info["tags"] = [str(tag) for tag in tags] if isinstance(tags, list) else []
-            for key in ("library_name", "pipeline_tag"):
-                if isinstance(card.get(key), str):
-                    info[key] = card[key]
-                    info["tags"].append(card[key])
+            info.update(_card_tags(card))
         if repo_type == "model" and "config.json" in tree and tree["config.json"]["size"] <= 1024 * 1024:
             with contextlib.suppress(OSError, ValueError):
                 config = json.loads(self.storage.read_blob(tree["config.json"]["sha256"]))
@@ -1594,10 +1863,9 @@ class HubApp:
         sha, _, _ = self._resolve(repo_type, repo_id, revision)
         raw = request.body.read_all()
         if "json" in request.headers.get("Content-Type", ""):
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError:
-                raise HubHTTPError(400, "Request body is not valid JSON.") from None
+            body = _parse_json(raw, "Request body")
+            if not isinstance(body, dict):
+                raise HubHTTPError(400, f"Request body must be a JSON object, got {type(body).__name__}.")
             paths, expand = body.get("paths", []), bool(body.get("expand"))
         else:
             form = urllib.parse.parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
@@ -1685,10 +1953,12 @@ class HubApp:
         start, length, status = 0, size, 200
         range_header = request.headers.get("Range")
         if range_header and "," not in range_header:  # multi-range requests get the whole file, as RFC 9110 allows
-            match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", range_header)
+            match = re.fullmatch(r"\s*bytes\s*=\s*([0-9]{0,18})\s*-\s*([0-9]{0,18})\s*", range_header)
             if match is None or match.groups() == ("", ""):
                 raise HubHTTPError(
-                    416, f"Invalid Range header {range_header!r}.", headers={"Content-Range": f"bytes */{size}"}
+                    416,
+                    f"Invalid Range header {range_header[:100]!r}: expected bytes=FIRST-LAST.",
+                    headers={"Content-Range": f"bytes */{size}"},
                 )
             first, last = match.groups()
             if first == "":  # suffix range: the last N bytes
@@ -1718,16 +1988,20 @@ class HubApp:
         if entry is None:
             return _PatternSet()
         if entry["sha256"] not in self._gitattributes_cache:
+            if len(self._gitattributes_cache) >= 64:
+                self._gitattributes_cache.clear()
             with contextlib.suppress(OSError):
                 text = self.storage.read_blob(entry["sha256"], limit=1024 * 1024).decode("utf-8", "replace")
                 self._gitattributes_cache[entry["sha256"]] = _PatternSet.from_gitattributes(text)
         return self._gitattributes_cache.get(entry["sha256"], _PatternSet())
 
-    def upload_mode(self, path: str, size: int, sample: bytes, lfs_patterns: _PatternSet) -> str:
+    def upload_mode(
+        self, path: str, size: int, sample: bytes, lfs_patterns: _PatternSet, budget: _Budget | None = None
+    ) -> str:
         """Decide `"lfs"` or `"regular"` for a file, as the Hub does: size, `.gitattributes`, binary content."""
         if size == 0:
             return "regular"
-        if size > self.lfs_threshold or lfs_patterns.match(path) or _is_binary_sample(sample):
+        if size > self.lfs_threshold or lfs_patterns.match(path, budget) or _is_binary_sample(sample):
             return "lfs"
         return "regular"
 
@@ -1748,12 +2022,42 @@ class HubApp:
         files = body.get("files")
         if not isinstance(files, list):
             raise HubHTTPError(400, "Missing 'files' list in the preupload request.")
+        if len(files) > MAX_PREUPLOAD_FILES:
+            raise HubHTTPError(
+                400, f"Too many files in one preupload request: {len(files)} (at most {MAX_PREUPLOAD_FILES})."
+            )
         tree = self._commit(repo_type, repo_id, sha)["tree"]
         lfs_patterns = self._gitattributes(tree)
         gitignore_text = body.get("gitIgnore")
-        if gitignore_text is None and ".gitignore" in tree and tree[".gitignore"]["size"] <= 1024 * 1024:
-            gitignore_text = self.storage.read_blob(tree[".gitignore"]["sha256"]).decode("utf-8", "replace")
-        ignore = _PatternSet.from_gitignore(gitignore_text) if isinstance(gitignore_text, str) else _PatternSet()
+        if gitignore_text is not None:
+            if not isinstance(gitignore_text, str):
+                raise HubHTTPError(400, "'gitIgnore' must be a string (the content of a .gitignore file).")
+            ignore = _PatternSet.from_gitignore(gitignore_text[: MAX_GLOB_TEXT + 1])
+            if len(gitignore_text) > MAX_GLOB_TEXT or ignore.skipped:
+                raise HubHTTPError(
+                    400,
+                    f"'gitIgnore' is too large: at most {MAX_GLOB_PATTERNS} patterns of at most {MAX_GLOB_LENGTH} "
+                    f"characters and {MAX_GLOB_TEXT} bytes in all.",
+                )
+        elif ".gitignore" in tree and tree[".gitignore"]["size"] <= MAX_GLOB_TEXT:
+            text = self.storage.read_blob(tree[".gitignore"]["sha256"]).decode("utf-8", "replace")
+            ignore = _PatternSet.from_gitignore(text)
+        else:
+            ignore = _PatternSet()
+        budget = _Budget()
+        try:
+            answers = self._preupload_answers(files, tree, lfs_patterns, ignore, budget)
+        except GlobTooExpensive:
+            raise HubHTTPError(
+                400,
+                "The .gitignore/.gitattributes patterns are too costly to match against these paths: use fewer or "
+                "simpler patterns, or send fewer files per request.",
+            ) from None
+        return _json_response({"files": answers, "commitOid": sha})
+
+    def _preupload_answers(
+        self, files: list, tree: dict, lfs_patterns: _PatternSet, ignore: _PatternSet, budget: _Budget
+    ) -> list[dict]:
         answers = []
         for item in files:
             if not isinstance(item, dict):
@@ -1766,11 +2070,12 @@ class HubApp:
                 sample = base64.b64decode(item.get("sample") or "", validate=True)
             except (binascii.Error, ValueError, TypeError):
                 raise HubHTTPError(400, f"Invalid 'sample' for '{path}': expected base64.") from None
-            mode = self.upload_mode(path, size, sample, lfs_patterns)
+            mode = self.upload_mode(path, size, sample, lfs_patterns, budget)
             existing = tree.get(path)
             oid = None if existing is None else (existing["sha256"] if existing["lfs"] else existing["oid"])
-            answers.append({"path": path, "uploadMode": mode, "shouldIgnore": bool(ignore.match(path)), "oid": oid})
-        return _json_response({"files": answers, "commitOid": sha})
+            ignored = bool(ignore.match(path, budget))
+            answers.append({"path": path, "uploadMode": mode, "shouldIgnore": ignored, "oid": oid})
+        return answers
 
     def _sign(self, payload: str) -> str:
         return hmac.new(self._secret, payload.encode(), hashlib.sha256).hexdigest()[:40]
@@ -1882,11 +2187,11 @@ class HubApp:
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                item = _parse_json(line, f"Line {number} of the commit payload")
                 key, value = item["key"], item["value"]
                 if not isinstance(value, dict):
                     raise TypeError("value must be an object")
-            except (ValueError, KeyError, TypeError) as exc:
+            except (KeyError, TypeError) as exc:
                 raise HubHTTPError(
                     400, f"Line {number} of the commit payload is not a valid operation: {exc}"
                 ) from None
@@ -2169,7 +2474,10 @@ class _HubRequestHandler(http.server.BaseHTTPRequestHandler):
             )
         if not response.close:
             try:
-                body.drain()  # the next request on this connection starts right after this body
+                # The next request on this connection starts right after this body; a large unread rest (an early
+                # 413 or 401 on a big upload) is not waited for: the connection is closed instead.
+                if not body.drain():
+                    response.close = True
             except _ClientGone:
                 self.close_connection = True
                 return

@@ -81,7 +81,7 @@ def hub_api_bob(hub_server: LocalHubServer):
 @pytest.fixture
 def hub_repo_id(request: pytest.FixtureRequest) -> str:
     """A fresh, not yet created repo id in alice's namespace, unique per test: `alice/<test-name>-<random>`."""
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:60]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name)[:60].strip("-")
     return f"alice/{slug}-{uuid.uuid4().hex[:8]}"
 
 
