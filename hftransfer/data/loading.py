@@ -289,7 +289,7 @@ def _read_source(source, image_column, label_column, split_column, on_bad_image,
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return _from_datasets(datasets.load_from_disk(str(path)), f"datasets saved at {path}")
-        return _from_folder(path)
+        return _from_folder(path, on_bad_image)
     if path.is_file():
         return _from_table_file(path, image_column, label_column, split_column, on_bad_image)
     text = os.fspath(source)
@@ -405,7 +405,7 @@ def _make_dataset(columns: dict[str, pa.Array], features: Features, fingerprint:
     )
 
 
-def _from_folder(root: Path) -> _RawSource:
+def _from_folder(root: Path, on_bad_image: str = "error") -> _RawSource:
     root = root.resolve()
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_junk(p.name))
     split_dirs = {p: _SPLIT_ALIASES.get(p.name.lower()) for p in subdirs}
@@ -429,10 +429,13 @@ def _from_folder(root: Path) -> _RawSource:
     else:
         layout = {"train": root}
 
-    splits, manifest, declared = {}, [], set()
+    splits, manifest, declared, skipped = {}, [], set(), []
     features = Features({"image": Image(), "label": Value("string")})
     for split in (s for s in SPLITS if s in layout):
-        paths, labels = _scan_class_folders(layout[split])
+        paths, labels, bad_names = _scan_class_folders(layout[split], split)
+        if bad_names and on_bad_image == "error":
+            raise BadImageError(bad_names)
+        skipped.extend(bad_names)
         declared.update(labels)
         split_manifest = _file_manifest(paths)
         manifest.append((split, split_manifest, labels))
@@ -446,11 +449,45 @@ def _from_folder(root: Path) -> _RawSource:
         image_column="image",
         label_column="label",
         declared_classes=sorted(declared),
+        skipped=skipped,
     )
 
 
-def _scan_class_folders(folder: Path) -> tuple[list[str], list[str]]:
+def _shown_path(path: str) -> str:
+    # A path as it can be printed and stored: bytes that are not UTF-8 appear as \xNN escapes.
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir gives undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def _scan_class_folders(folder: Path, split: str | None = None) -> tuple[list[str], list[str], list[BadImage]]:
+    """Image paths and labels of one split folder, and files whose names cannot be used (not UTF-8).
+
+    Directory symlinks inside class folders are not followed (logged instead): a link such as `loop -> ..` would
+    otherwise loop, or pull another class's images in under this label. A class folder that is itself a symlink is
+    used, unless it points at a folder that holds it (a loop).
+    """
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _is_junk(p.name))
+    folder_real = os.path.realpath(folder)
+    for class_dir in class_dirs:
+        if not _is_utf8(class_dir.name):
+            raise DataError(
+                f"Class folder name {_shown_path(str(class_dir))} is not valid UTF-8: class names become labels, "
+                "so rename the folder (e.g. with convmv)."
+            )
+        if class_dir.is_symlink():
+            target = os.path.realpath(class_dir)
+            if folder_real == target or folder_real.startswith(target.rstrip(os.sep) + os.sep):
+                raise DataError(
+                    f"Class folder {class_dir} is a symlink to {target}, which holds it: scanning it would loop. "
+                    "Remove the link, or point it at a folder outside the dataset."
+                )
     loose = sorted(p.name for p in folder.iterdir() if p.is_file() and not _is_junk(p.name))
     if not class_dirs:
         held = f" (it holds {len(loose)} file(s) directly, e.g. {loose[0]!r})" if loose else ""
@@ -465,23 +502,45 @@ def _scan_class_folders(folder: Path) -> tuple[list[str], list[str]]:
             folder,
             ", ".join(loose[:MAX_LISTED]),
         )
-    paths, labels, empty = [], [], []
+    paths, labels, empty, links, bad_names = [], [], [], [], []
     for class_dir in class_dirs:
         found = []
         # Every file inside a class folder must be an image (a stray .txt is reported, not silently ignored);
         # hidden files and OS metadata (.DS_Store, Thumbs.db) are not data.
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not _is_junk(d))
-            found.extend(os.path.join(dirpath, name) for name in sorted(filenames) if not _is_junk(name))
-        if not found:
+        for dirpath, dirnames, filenames in os.walk(class_dir):
+            # os.walk lists directory symlinks in dirnames but does not enter them (followlinks=False).
+            links.extend(
+                os.path.join(dirpath, d) for d in sorted(dirnames) if os.path.islink(os.path.join(dirpath, d))
+            )
+            dirnames[:] = sorted(
+                d for d in dirnames if not _is_junk(d) and not os.path.islink(os.path.join(dirpath, d))
+            )
+            for name in sorted(filenames):
+                if _is_junk(name):
+                    continue
+                if not (_is_utf8(name) and _is_utf8(dirpath)):
+                    shown = _shown_path(os.path.join(dirpath, name))
+                    bad_names.append(BadImage(shown, "file name is not valid UTF-8: rename the file", split))
+                    continue
+                found.append(os.path.join(dirpath, name))
+        if not found and not any(bad.name.startswith(_shown_path(str(class_dir)) + os.sep) for bad in bad_names):
             empty.append(str(class_dir))
         paths.extend(found)
         labels.extend([class_dir.name] * len(found))
+    if links:
+        logger.warning(
+            "In %s: not following %d directory symlink(s) inside class folders (a link could loop or bring in "
+            "another class's images; link the image files, or make the class folder itself a link): %s",
+            folder,
+            len(links),
+            ", ".join(f"{_shown_path(link)} -> {_shown_path(os.path.realpath(link))}" for link in links[:MAX_LISTED])
+            + (f" and {len(links) - MAX_LISTED} more" if len(links) > MAX_LISTED else ""),
+        )
     if empty:
         raise DataError(
             f"Empty class folder(s): {empty}. Each class folder needs at least one image: add images or remove it."
         )
-    return paths, labels
+    return paths, labels, bad_names
 
 
 def _read_table(path: Path) -> pa.Table:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 import numpy as np
 import pytest
@@ -245,3 +247,48 @@ def test_a_logger_warning_is_emitted_for_loose_files(tmp_path, images, caplog):
     with caplog.at_level(logging.WARNING, logger="hftransfer.data"):
         load_image_classification_dataset(root, validation_split=0.5)
     assert "Ignoring 1 file(s) directly in" in caplog.text and "README.md" in caplog.text
+
+
+# --- issue 10: symlink loops, non-UTF-8 file names, classes named like missing values -------------------------------
+
+
+def _all_labels(data) -> list[str]:
+    names = data.id2label
+    return sorted(names[i] for split in ("train", "validation") for i in data.splits[split]["label"])
+
+
+@pytest.mark.parametrize("on_bad_image", ["error", "skip"])
+def test_a_symlink_loop_in_an_image_folder_is_not_followed(tmp_path, images, caplog, on_bad_image):
+    # train/animals/loop -> .. used to pull every image of every class in again, over and over, as "animals".
+    root = tmp_path / "ds"
+    images.class_folder(root / "train", {"animals": 4, "plants": 3})
+    (root / "train" / "animals" / "loop").symlink_to("..", target_is_directory=True)
+    (root / "train" / "plants" / "other").symlink_to("../animals", target_is_directory=True)
+    with caplog.at_level(logging.WARNING, logger="hftransfer.data"):
+        data = load_image_classification_dataset(root, on_bad_image=on_bad_image)
+    assert _all_labels(data) == ["animals"] * 4 + ["plants"] * 3
+    assert "not following 2 directory symlink(s)" in caplog.text
+    assert f"{root / 'train' / 'animals' / 'loop'} -> {root / 'train'}" in caplog.text
+
+
+def test_a_class_folder_that_links_to_its_parent_is_an_error(tmp_path, images):
+    root = images.class_folder(tmp_path / "ds", {"cat": 3, "dog": 3})
+    (root / "again").symlink_to(".", target_is_directory=True)
+    with pytest.raises(DataError, match=rf"Class folder {root / 'again'} is a symlink to {root}, which holds it"):
+        load_image_classification_dataset(root)
+
+
+def test_a_non_utf8_file_name_is_named_and_can_be_skipped(tmp_path, images, caplog):
+    root = images.class_folder(tmp_path / "ds", {"cat": 3, "dog": 3})
+    raw = os.fsencode(root / "dog") + b"/caf\xe9.png"  # Latin-1 "café.png": not valid UTF-8
+    with open(raw, "wb") as handle:
+        handle.write(images.encoded())
+    shown = f"{root / 'dog'}/caf\\xe9.png"
+    with pytest.raises(BadImageError, match=re.escape(f"{shown} (file name is not valid UTF-8")) as info:
+        load_image_classification_dataset(root)
+    assert "on_bad_image='skip'" in str(info.value)
+    with caplog.at_level(logging.WARNING, logger="hftransfer.data"):
+        data = load_image_classification_dataset(root, on_bad_image="skip")
+    assert _all_labels(data) == ["cat"] * 3 + ["dog"] * 3
+    assert [b.name for b in data.skipped_images] == [shown]
+    assert "Skipped 1 bad image(s)" in caplog.text and shown in caplog.text
