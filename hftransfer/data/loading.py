@@ -574,6 +574,25 @@ def _read_table(path: Path) -> pa.Table:
         raise DataError(f"Cannot read {path} as {kind.upper()}: {err}") from err
 
 
+def _read_label_column_as_text(path: Path, label_col: str) -> pa.ChunkedArray:
+    import pyarrow.csv as pacsv
+
+    tsv = TABLE_SUFFIXES.get(path.suffix.lower()) == "tsv"
+    try:
+        return pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ","),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=[label_col],
+                column_types={label_col: pa.string()},
+                null_values=[""],
+                strings_can_be_null=True,
+            ),
+        ).column(label_col)
+    except (pa.ArrowInvalid, OSError, ValueError) as err:
+        raise DataError(f"Cannot read the label column {label_col!r} of {path}: {err}") from err
+
+
 def _from_table_file(
     path: Path, image_column: str | None, label_column: str | None, split_column: str | None, on_bad_image: str
 ) -> _RawSource:
@@ -621,6 +640,14 @@ def _from_table_file(
         )
 
     labels = table.column(label_col)
+    # pyarrow reads "NA", "null", "NaN", "N/A", ... as missing in every column; labels are names, and a class can be
+    # called "NA". Re-read a text label column as text where only an empty cell is missing.
+    text_labels = (
+        pa.types.is_string(labels.type) or pa.types.is_large_string(labels.type) or pa.types.is_null(labels.type)
+    )
+    if labels.null_count and text_labels and TABLE_SUFFIXES.get(path.suffix.lower()) in ("csv", "tsv"):
+        labels = _read_label_column_as_text(path, label_col)
+        table = table.set_column(table.column_names.index(label_col), label_col, labels)
     if labels.null_count:
         null_rows = [int(r) for r, v in zip(rows, labels.is_null().to_pylist()) if v]
         raise _missing_labels_error(label_col, where, null_rows, [structs[r - 1]["path"] for r in null_rows])

@@ -292,3 +292,14 @@ def test_a_non_utf8_file_name_is_named_and_can_be_skipped(tmp_path, images, capl
     assert _all_labels(data) == ["cat"] * 3 + ["dog"] * 3
     assert [b.name for b in data.skipped_images] == [shown]
     assert "Skipped 1 bad image(s)" in caplog.text and shown in caplog.text
+
+
+@pytest.mark.parametrize("name", ["NA", "null", "NaN", "N/A", "None", "nan"])
+def test_a_csv_class_named_like_a_missing_value_stays_a_label(tmp_path, images, name):
+    rows = [f"{i}.png,{(name, 'dog')[i % 2]}" for i in range(6)]
+    data = load_image_classification_dataset(_csv(tmp_path, images, rows), validation_split=0.34)
+    assert sorted(data.id2label.values()) == sorted([name, "dog"])
+    assert _all_labels(data) == sorted([name] * 3 + ["dog"] * 3)
+    # An empty cell is still a missing label.
+    with pytest.raises(DataError, match=r"has 1 missing value\(s\): row 7"):
+        load_image_classification_dataset(_csv(tmp_path, images, [*rows, "0.png,"]))
