@@ -94,6 +94,8 @@ MAX_DRAIN = (
 MAX_PREUPLOAD_FILES = 1000  # huggingface_hub sends 256 per request
 IO_CHUNK = 1024 * 1024
 STARTUP_LINE = "hftransfer hub server listening on"
+DEFAULT_MAX_CONNECTIONS = 64  # connections served at once (one thread each); more get 503 or replace idle ones
+DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may wait for its next request line and headers
 
 # repo type -> (plural used in /api/{plural}/..., prefix used in web and git URLs)
 REPO_TYPES: dict[str, tuple[str, str]] = {
@@ -2435,7 +2437,15 @@ class _HubRequestHandler(http.server.BaseHTTPRequestHandler):
             return "/_hftransfer/lfs-upload/<signed link>"  # the link is a credential: keep it out of logs
         return self.path[:300]
 
+    def handle_one_request(self) -> None:
+        # Waiting for (or reading) the next request line and headers: this connection may be closed to make room.
+        self.server.set_idle(self.connection, True)
+        self.connection.settimeout(self.server.idle_timeout)
+        super().handle_one_request()
+
     def _handle(self) -> None:
+        self.server.set_idle(self.connection, False)
+        self.connection.settimeout(self.timeout)
         started = time.monotonic()
         request_id = self.headers.get("X-Amzn-Trace-Id") or self.headers.get("X-Request-Id") or secrets.token_hex(8)
         request_id = _header_safe(request_id, 100)
@@ -2530,13 +2540,65 @@ class _HubHTTPServer(http.server.ThreadingHTTPServer):
     allow_reuse_address = True  # rebind the same port right after a stop, despite TIME_WAIT connections
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: HubApp, family: socket.AddressFamily) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        app: HubApp,
+        family: socket.AddressFamily,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> None:
         self.address_family = family
         self.app = app
         self.public_url = ""
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self._connections: dict[Any, threading.Thread] = {}  # open connection -> the thread serving it
+        self._idle: dict[Any, float] = {}  # connections waiting for their next request -> since when
         self._connections_lock = threading.Lock()
         super().__init__(address, _HubRequestHandler)
+
+    def set_idle(self, connection: Any, idle: bool) -> None:
+        with self._connections_lock:
+            if idle:
+                self._idle[connection] = time.monotonic()
+            else:
+                self._idle.pop(connection, None)
+
+    def _make_room(self) -> bool:
+        """Under the lock: whether a new connection may be served, closing the longest-idle one if all are taken.
+
+        Idle keep-alive connections and clients still sending their request headers (slowloris) give way to new
+        clients; connections in the middle of a request are never cut.
+        """
+        if len(self._connections) < self.max_connections:
+            return True
+        if not self._idle:
+            return False
+        victim = min(self._idle, key=self._idle.__getitem__)
+        del self._idle[victim]
+        self._connections.pop(victim, None)  # its thread ends on the shut-down socket
+        with contextlib.suppress(OSError):
+            victim.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def _refuse(self, request: Any) -> None:
+        """Answer 503 on a connection that cannot be served (every worker is busy), without blocking the accept loop."""
+        message = (
+            f"Server busy: all {self.max_connections} connections are serving requests. Retry in a moment "
+            "(or start the server with a larger --max-connections)."
+        )
+        body = json.dumps({"error": message}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nX-Error-Message: {message}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            request.settimeout(1.0)
+            request.sendall(head.encode() + body)
+        logger.warning("refused a connection: all %d connections busy", self.max_connections)
+        super().shutdown_request(request)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind resolves the host name (getfqdn), a DNS query this server must never make.
@@ -2551,12 +2613,18 @@ class _HubHTTPServer(http.server.ThreadingHTTPServer):
             target=self.process_request_thread, args=(request, client_address), name="hub-server-conn", daemon=True
         )
         with self._connections_lock:
-            self._connections[request] = thread
+            admitted = self._make_room()
+            if admitted:
+                self._connections[request] = thread
+        if not admitted:
+            self._refuse(request)
+            return
         thread.start()
 
     def shutdown_request(self, request: Any) -> None:
         with self._connections_lock:
             self._connections.pop(request, None)
+            self._idle.pop(request, None)
         super().shutdown_request(request)
 
     def close_all_connections(self, timeout: float = 30.0) -> None:
@@ -2655,6 +2723,12 @@ class LocalHubServer:
             stay valid across restarts and the client's automatic retries succeed.
         fsync (`bool`, *optional*, defaults to `True`):
             Flush writes to disk before making them visible. Turn off only for throw-away data.
+        max_connections (`int`, *optional*, defaults to 64):
+            Connections served at once, one thread each. When all are taken, a new client replaces the connection
+            that has waited longest for its next request (idle keep-alive, or still sending headers); when every
+            connection is in the middle of a request, the new client gets `503` with a JSON error.
+        idle_timeout (`float`, *optional*, defaults to 60):
+            Seconds a connection may wait for its next request (request line and headers) before it is closed.
 
     Example:
 
@@ -2678,7 +2752,13 @@ class LocalHubServer:
         lfs_threshold: int = DEFAULT_LFS_THRESHOLD,
         upload_link_ttl: float = DEFAULT_UPLOAD_LINK_TTL,
         fsync: bool = True,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
+        if int(max_connections) < 1:
+            raise ValueError(f"max_connections={max_connections!r} is invalid: expected at least 1.")
+        self.max_connections = int(max_connections)
+        self.idle_timeout = float(idle_timeout)
         self.data_dir = Path(data_dir).resolve()
         self.tokens = dict(tokens or {})
         for token, value in self.tokens.items():
@@ -2765,7 +2845,13 @@ class LocalHubServer:
         deadline = time.monotonic() + 10
         while True:
             try:
-                return _HubHTTPServer((self.host, self.port), app, family)
+                return _HubHTTPServer(
+                    (self.host, self.port),
+                    app,
+                    family,
+                    max_connections=self.max_connections,
+                    idle_timeout=self.idle_timeout,
+                )
             except OSError as exc:
                 # Right after a stop the port can stay busy for a moment; a port in use by someone else stays busy.
                 if self.port == 0 or time.monotonic() > deadline or exc.errno not in (98, 48, 10048):
@@ -2981,6 +3067,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-fsync", action="store_true", help="do not fsync writes (faster, for throw-away data)")
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections served at once; more get 503 when all are busy (default: {DEFAULT_MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="stderr log level"
     )
     return parser
@@ -3029,6 +3122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lfs_threshold=args.lfs_threshold,
             upload_link_ttl=args.upload_link_ttl,
             fsync=not args.no_fsync,
+            max_connections=args.max_connections,
         )
         server.start()
     except (ValueError, RuntimeError, OSError) as exc:
