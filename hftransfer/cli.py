@@ -1,4 +1,4 @@
-"""The `hftransfer` command line: `train | evaluate | predict | push | card | weights`.
+"""The `hftransfer` command line: `train | evaluate | predict | push | card | export | weights`.
 
 Every heavy import (training, datasets, evaluate, the Hub client) happens inside the subcommand that needs it, so
 `--help` and argument errors stay fast. Errors a user can cause (a mistyped recipe key, a missing model folder, a
@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("output_dir", metavar="OUTPUT_DIR", help="training output folder")
     card.add_argument("--repo-id", default=None, help="Hub repo id used in the card's usage snippet")
     card.set_defaults(func=_cmd_card)
+
+    from .export import add_export_subcommand
+
+    add_export_subcommand(commands, formatter_class=_HelpFormatter, allow_abbrev=False, parents=[common])
 
     # The weights command owns its parser (hftransfer.weights.main_weights); main() hands it the arguments as is.
     weights = commands.add_parser(
