@@ -15,11 +15,9 @@ not left waiting on PIL.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ._io import write_json_atomic
 from .image_processing_hftransfer import TransferImageProcessor, convert_to_rgb_image
 
 if TYPE_CHECKING:
@@ -384,15 +383,7 @@ def _label_mapping(dataset_id2label: Mapping[int, str], model_id2label: Mapping[
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, payload)  # temporary file, fsync, umask mode, rename
 
 
 def evaluate_model(

@@ -8,8 +8,6 @@ crash never leaves a truncated image where a model card links to it.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
+from ._io import atomic_open
+
 DPI = 110
 
 
@@ -28,14 +28,8 @@ def _save_png_atomic(figure: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)  # attach the Agg canvas explicitly: PNG rendering needs no GUI backend
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:  # temporary file, fsync, umask mode (not mkstemp's 0600), rename
+        figure.savefig(handle, format="png", dpi=DPI)
     return path
 
 

@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ._io import write_bytes_atomic
 from .configuration_hftransfer import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, SUPPORTED_BACKBONES
 
 if TYPE_CHECKING:
@@ -802,19 +802,10 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file next to `path`, fsync it, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """Write `data` to a temporary file next to `path`, fsync it, then rename: readers never see a partial file.
+
+    The file gets the mode `open()` would give under the umask (0644 under umask 022, 0664 under 002)."""
+    write_bytes_atomic(path, data)
 
 
 def save_backbone_weights(weights: BackboneWeights, path: str | os.PathLike) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainerCallback
 
+from .. import _io
 from .freezing import build_parameter_groups
 
 STAGE_MARKER = "hftransfer_stage.json"
@@ -176,10 +176,8 @@ class RankChecksumCallback(TrainerCallback):
 
 
 def write_json_atomic(path: Path, payload) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
+    """JSON to `path` via a temporary file, fsync and rename, with the umask's mode (values JSON lacks -> str)."""
+    _io.write_json_atomic(path, payload, default=str)
 
 
 def complete_checkpoints(stage_dir: Path) -> list[Path]:
