@@ -1,9 +1,12 @@
-"""Internal file I/O helpers shared by the package: atomic writes that respect the umask.
+"""Internal file I/O helpers shared by the package: atomic writes that respect the umask, and bounded YAML.
 
 Atomic writes (DESIGN.md invariant 6): data go to a temporary file in the destination folder, are flushed and
 fsynced, get the mode a plain `open(path, "w")` would give (`0o666 & ~umask`: `tempfile.mkstemp` creates 0600, which
 would hide a shared run from other users and web servers), and are renamed over the destination with `os.replace`.
 Readers see the old file or the new one, never a partial one; a failure leaves no temporary file behind.
+
+YAML read from users (recipes, command-line values) goes through [`load_yaml`]: `yaml.safe_load` with a size limit
+and a limit on aliases, so that a small file cannot expand into gigabytes ("billion laughs").
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "YAMLLimitError",
     "apply_umask_mode",
     "atomic_open",
     "default_file_mode",
+    "load_yaml",
     "replace_with_umask_mode",
     "write_bytes_atomic",
     "write_json_atomic",
@@ -130,3 +135,118 @@ def write_json_atomic(
     """Write `payload` as JSON (with a trailing newline) to `path` atomically. Returns the path."""
     text = json.dumps(payload, indent=indent, default=default) + "\n"
     return write_text_atomic(path, text, fsync=fsync)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bounded YAML
+# --------------------------------------------------------------------------------------------------------------------
+
+# A recipe is a few KB; 1 MiB leaves room for long descriptions and generated files.
+MAX_YAML_BYTES = 1 << 20
+# Anchors/aliases are legitimate (`&defaults` / `*defaults`), but a few dozen cover any real file.
+MAX_YAML_ALIASES = 100
+# Nodes after expanding every alias: what a consumer that walks the data (a dataclass, str(), json) would see.
+MAX_YAML_NODES = 100_000
+
+
+class YAMLLimitError(ValueError):
+    """YAML refused before it is built: too large, too many aliases, or aliases that expand too far."""
+
+
+def _bounded_loader(max_aliases: int, max_nodes: int, where: str):
+    import yaml
+
+    class _BoundedLoader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliases += 1
+                if self.aliases > max_aliases:
+                    raise YAMLLimitError(
+                        f"{where} uses more than {max_aliases} YAML aliases (*name); refused as a possible alias bomb "
+                        f"that would expand to a huge document. Write the values out instead."
+                    )
+            return super().compose_node(parent, index)
+
+    def expanded_size(root) -> int:
+        # Nodes with every alias expanded, counted without expanding (memoised per node); cycles are refused.
+        sizes: dict[int, int] = {}
+        active: set[int] = set()
+
+        def size(node) -> int:
+            key = id(node)
+            if key in sizes:
+                return sizes[key]
+            if key in active:
+                raise YAMLLimitError(f"{where} has a recursive YAML alias (an anchor used inside itself).")
+            active.add(key)
+            total = 1
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    total += size(k) + size(v)
+                    if total > max_nodes:
+                        break
+            elif isinstance(node, yaml.SequenceNode):
+                for item in node.value:
+                    total += size(item)
+                    if total > max_nodes:
+                        break
+            active.discard(key)
+            sizes[key] = total
+            return total
+
+        return size(root)
+
+    return _BoundedLoader, expanded_size
+
+
+def load_yaml(
+    text: str | bytes,
+    *,
+    where: str = "YAML",
+    max_bytes: int = MAX_YAML_BYTES,
+    max_aliases: int = MAX_YAML_ALIASES,
+    max_nodes: int = MAX_YAML_NODES,
+) -> Any:
+    """`yaml.safe_load` for YAML that comes from users, with limits that stop alias bombs and huge documents.
+
+    Args:
+        text (`str` or `bytes`): The YAML document.
+        where (`str`, *optional*): What the text is (`"Recipe recipes/x.yaml"`, `"--model.hidden_sizes"`), used at
+            the start of error messages.
+        max_bytes (`int`, *optional*, defaults to 1 MiB): Largest accepted document.
+        max_aliases (`int`, *optional*, defaults to 100): Most alias uses (`*name`).
+        max_nodes (`int`, *optional*, defaults to 100,000): Most nodes once every alias is expanded.
+
+    Returns:
+        The parsed value (`None` for an empty document).
+
+    Raises:
+        [`YAMLLimitError`] (a `ValueError`) when a limit is exceeded, naming the limit; `yaml.YAMLError` for invalid
+        YAML (callers wrap it with their own context).
+    """
+    size = len(text.encode("utf-8") if isinstance(text, str) else text)
+    if size > max_bytes:
+        raise YAMLLimitError(f"{where} is {size:,} bytes; at most {max_bytes:,} bytes of YAML are accepted.")
+    loader_cls, expanded_size = _bounded_loader(max_aliases, max_nodes, where)
+    loader = loader_cls(text)
+    try:
+        try:
+            node = loader.get_single_node()
+            nodes = 0 if node is None else expanded_size(node)
+        except RecursionError:
+            raise YAMLLimitError(f"{where} is nested too deeply to be parsed.") from None
+        if node is None:
+            return None
+        if nodes > max_nodes:
+            raise YAMLLimitError(
+                f"{where} expands to more than {max_nodes:,} YAML nodes through its aliases (*name); refused as a "
+                "possible alias bomb. Write the values out instead."
+            )
+        try:
+            return loader.construct_document(node)
+        except RecursionError:
+            raise YAMLLimitError(f"{where} is nested too deeply to be built.") from None
+    finally:
+        loader.dispose()

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from ._io import YAMLLimitError, load_yaml
+
 TRAINABLE_CHOICES = ("head", "all", "last_k")
 AUGMENTATION_CHOICES = ("none", "light", "strong")
 PRECISION_CHOICES = ("no", "fp16", "bf16")
@@ -405,6 +407,20 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return recipe
 
 
+def _parse_override_value(flag: str, raw: str) -> Any:
+    """An override's value, parsed as YAML (`2`, `1e-5`, `[512,256]`, `null`); clear errors name the flag."""
+    try:
+        return load_yaml(raw, where=f"The value of {flag}", max_bytes=64 * 1024)
+    except YAMLLimitError as err:
+        raise RecipeError(str(err)) from None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(
+            f"The value of {flag} is not valid YAML: {raw!r} ({problem}). Expected a YAML value such as 2, 1e-5, "
+            "[512, 256] or a string (a string that contains YAML syntax needs quotes inside the shell quotes)."
+        ) from None
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `--section.key value` (or `--section.key=value`) command-line overrides to a parsed recipe mapping.
 
@@ -424,7 +440,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise RecipeError(f"Override {flag} has no value.")
             raw = args.pop(0)
         path = flag[2:].replace("-", "_").split(".")
-        value = yaml.safe_load(raw)
+        value = _parse_override_value(flag, raw)
         if path[0] == "stages":
             if len(path) != 3:
                 raise RecipeError(f"Stage overrides look like --stages.<index|name>.<key>, got {flag}.")
@@ -471,9 +487,13 @@ def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) ->
     """Load a YAML recipe (file or shipped name), apply command-line overrides, validate, return a [`Recipe`]."""
     path = resolve_recipe_path(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_bytes(), where=f"Recipe {path}") or {}
+    except YAMLLimitError as err:
+        raise RecipeError(str(err)) from None
     except yaml.YAMLError as err:
         raise RecipeError(f"Recipe {path} is not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"Recipe {path} is not UTF-8 text ({err}); save it as UTF-8.") from None
     if not isinstance(data, dict):
         raise RecipeError(f"Recipe {path} must be a YAML mapping with sections, got {type(data).__name__}.")
     return recipe_from_dict(apply_overrides(data, overrides or []))

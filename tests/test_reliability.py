@@ -1,5 +1,5 @@
 """Regression tests of issue 10 (training-run reliability) that are not data- or weights-specific: file modes under
-the umask."""
+the umask, bad override values and YAML alias bombs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
+from hftransfer.cli import main
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -115,3 +116,51 @@ def test_apply_umask_mode_fixes_save_pretrained_outputs(tmp_path, tiny_model, um
         p.name: umask_002 for p in (tmp_path / "saved").iterdir()
     }
     assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+# --- items 11 and 12: override values that are not YAML, and YAML alias bombs ----------------------------------------
+
+
+def test_an_override_value_that_is_not_yaml_names_the_flag(capsys):
+    assert main(["train", "quickstart", "--model.hidden_sizes", "[1,", "--print-recipe"]) == 2
+    err = capsys.readouterr().err
+    assert "error: The value of --model.hidden_sizes is not valid YAML: '[1,'" in err, err
+    assert "Traceback" not in err
+
+
+def _alias_bomb(levels: int) -> str:
+    """A flow list whose last item expands to 9**levels strings."""
+    items = ['&a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        previous, current = chr(ord("a") + level - 1), chr(ord("a") + level)
+        items.append(f"&{current} [" + ", ".join([f"*{previous}"] * 9) + "]")
+    return "[" + ", ".join(items) + "]"
+
+
+def test_a_yaml_alias_bomb_in_a_recipe_is_refused(tmp_path, capsys):
+    # 6 levels: under 1 KB of YAML, a description of 9**6 = 531,441 strings (4 MB); 9 levels was a MemoryError.
+    recipe = tmp_path / "bomb.yaml"
+    recipe.write_text(f"name: bomb\ndescription: {_alias_bomb(6)}\n")
+    assert len(recipe.read_bytes()) < 1024
+    assert main(["train", str(recipe), "--print-recipe"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: Recipe {recipe} expands to more than 100,000 YAML nodes through its aliases" in err, err[:300]
+    assert "alias bomb" in err and len(err) < 1000
+
+
+def test_yaml_limits(tmp_path, capsys):
+    from hftransfer._io import YAMLLimitError, load_yaml
+
+    assert load_yaml("defaults: &d {lr: 1}\nstage: *d\n") == {"defaults": {"lr": 1}, "stage": {"lr": 1}}
+    with pytest.raises(YAMLLimitError, match="more than 100 YAML aliases"):
+        load_yaml("a: &x 1\nb: [" + ", ".join(["*x"] * 101) + "]")
+    with pytest.raises(YAMLLimitError, match="recursive YAML alias"):
+        load_yaml("a: &x [*x]")
+    big = tmp_path / "big.yaml"
+    big.write_text("description: '" + "x" * (1 << 20) + "'\n")
+    assert main(["train", str(big), "--print-recipe"]) == 2
+    assert f"error: Recipe {big} is 1,048,592 bytes; at most 1,048,576 bytes of YAML are accepted." in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "quickstart", "--model.hidden_sizes", _alias_bomb(6), "--print-recipe"]) == 2
+    assert "The value of --model.hidden_sizes expands to more than 100,000 YAML nodes" in capsys.readouterr().err
