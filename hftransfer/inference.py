@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import PIL.Image
 import torch
+from safetensors import SafetensorError
 
 from ._io import write_json_atomic
 from .image_processing_hftransfer import TransferImageProcessor, convert_to_rgb_image
@@ -101,6 +102,14 @@ def load_model_and_processor(
             raise InferenceError(f"Model folder {source} does not exist (and it is not a Hub repo id).")
         try:
             loaded = AutoModelForImageClassification.from_pretrained(source)
+        except SafetensorError as err:
+            # A truncated or damaged checkpoint (an interrupted copy, a full disk): name the file, not the Rust error.
+            damaged = _unreadable_safetensors(path) if path.is_dir() else []
+            what = ", ".join(map(str, damaged)) if damaged else f"a safetensors file of {source}"
+            raise InferenceError(
+                f"Could not load the model saved in {source}: {what} is truncated or corrupt ({err}). Copy or save "
+                "the model again (a training run's output_dir gets model.safetensors at the end of the run)."
+            ) from err
         except (OSError, ValueError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if path.is_dir():
@@ -130,6 +139,20 @@ def load_model_and_processor(
         model = model.to(memory_format=torch.channels_last)
     model.eval()
     return model, processor
+
+
+def _unreadable_safetensors(folder: Path) -> list[Path]:
+    """The `*.safetensors` files of a model folder whose header or data cannot be read (truncated, corrupt)."""
+    from safetensors import safe_open
+
+    bad = []
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as reader:
+                reader.keys()
+        except (SafetensorError, OSError):
+            bad.append(file)
+    return bad
 
 
 def _input_memory_format(model: torch.nn.Module) -> torch.memory_format:

@@ -1,5 +1,5 @@
 """Regression tests of issue 10 (training-run reliability) that are not data- or weights-specific: file modes under
-the umask, bad override values and YAML alias bombs."""
+the umask, a truncated checkpoint, bad override values and YAML alias bombs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 
@@ -116,6 +117,27 @@ def test_apply_umask_mode_fixes_save_pretrained_outputs(tmp_path, tiny_model, um
         p.name: umask_002 for p in (tmp_path / "saved").iterdir()
     }
     assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+# --- item 9: a truncated model.safetensors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_truncated_checkpoint_is_a_clear_error_naming_the_file(tmp_path, tiny_model, capsys, command):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run)
+    weights = run / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 3])
+    image = tmp_path / "x.png"
+    PIL.Image.new("RGB", (8, 8), (200, 10, 10)).save(image)
+    argv = [command, str(run), str(image)] if command == "predict" else [command, str(run), "--data", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(weights) in err and "truncated or corrupt" in err, err
+    assert "Traceback" not in err and "SafetensorError" not in err.split("(")[0]
 
 
 # --- items 11 and 12: override values that are not YAML, and YAML alias bombs ----------------------------------------
