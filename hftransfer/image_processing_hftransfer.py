@@ -41,9 +41,13 @@ def convert_to_rgb_image(image: PIL.Image.Image) -> PIL.Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        # 16-bit containers: full scale is 65535; 32-bit: use the data range when it exceeds 8 bits.
-        full_scale = 65535.0 if image.mode.startswith("I;16") else max(255.0, float(array.max(initial=0)))
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        # 16-bit containers: full scale is 65535; 32-bit: use the data range when it exceeds 8 bits. Float images
+        # whose values all lie in [0, 1] use 1.0 (the usual float convention): 0..255 would make them black.
+        if image.mode == "F" and array.size and array.min() >= 0.0 and array.max() <= 1.0:
+            full_scale = 1.0
+        else:
+            full_scale = 65535.0 if image.mode.startswith("I;16") else max(255.0, float(array.max(initial=0)))
         array = np.clip(array * (255.0 / full_scale), 0, 255).round().astype(np.uint8)
         return PIL.Image.fromarray(array, mode="L").convert("RGB")
     if "A" in image.getbands() or image.info.get("transparency") is not None:

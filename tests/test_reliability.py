@@ -1,5 +1,5 @@
 """Regression tests of issue 10 (training-run reliability) that are not data- or weights-specific: file modes under
-the umask, a truncated checkpoint, bad override values and YAML alias bombs."""
+the umask, a truncated checkpoint, bad override values, YAML alias bombs and float images."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
@@ -186,3 +187,27 @@ def test_yaml_limits(tmp_path, capsys):
     )
     assert main(["train", "quickstart", "--model.hidden_sizes", _alias_bomb(6), "--print-recipe"]) == 2
     assert "The value of --model.hidden_sizes expands to more than 100,000 YAML nodes" in capsys.readouterr().err
+
+
+# --- item 16: float images in [0, 1] --------------------------------------------------------------------------------
+
+
+def test_float_images_in_unit_range_are_scaled_not_black(tmp_path):
+    from hftransfer.image_processing_hftransfer import convert_to_rgb_image
+
+    values = np.linspace(0.0, 1.0, 8 * 6, dtype=np.float32).reshape(6, 8)
+    image = PIL.Image.fromarray(values, mode="F")
+    rgb = np.asarray(convert_to_rgb_image(image))
+    np.testing.assert_array_equal(rgb[..., 0], np.round(values * 255).astype(np.uint8))
+    assert rgb.max() == 255 and (rgb[..., 0] == rgb[..., 2]).all()
+    # Saved as a float TIFF and read back through the processor: the same picture, not a black square.
+    path = tmp_path / "float.tif"
+    image.save(path)
+    processor = TransferImageProcessor(size={"height": 6, "width": 8}, do_normalize=False)
+    pixels = processor(PIL.Image.open(path), return_tensors="pt")["pixel_values"][0]
+    assert torch.allclose(pixels[0], torch.from_numpy(np.round(values * 255) / 255), atol=1e-6)
+    # Float images in 0..255 (or beyond) keep their scale.
+    np.testing.assert_array_equal(
+        np.asarray(convert_to_rgb_image(PIL.Image.fromarray(values * 255, mode="F")))[..., 0],
+        np.round(values * 255).astype(np.uint8),
+    )
