@@ -867,6 +867,26 @@ def _source_stat(path: Path) -> dict[str, Any]:
     return {"source_file": str(path), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
 
 
+def _check_sidecar(meta: Any, meta_file: Path) -> None:
+    """Raise `_CacheInvalid` unless the sidecar is an object with every field `_read_cache` uses, well typed."""
+    if not isinstance(meta, dict):
+        raise _CacheInvalid(f"sidecar {meta_file.name} holds a JSON {type(meta).__name__}, expected an object")
+    for key in ("image_mean", "image_std"):
+        value = meta.get(key)
+        if not (
+            isinstance(value, list)
+            and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            raise _CacheInvalid(f"sidecar {meta_file.name} has no valid {key!r} (expected 3 numbers, got {value!r})")
+    for key, kind in (("source", str), ("sha256", str), ("size", int)):
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise _CacheInvalid(f"sidecar {meta_file.name} has no valid {key!r} (got {meta.get(key)!r})")
+    for key in ("source_file", "source_sha256"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise _CacheInvalid(f"sidecar {meta_file.name} has an invalid {key!r} ({meta[key]!r})")
+
+
 def _read_cache(entry: _CacheEntry, backbone: str, source_file: Path | None) -> BackboneWeights | None:
     """The cached weights if the entry is complete, intact and up to date with its source; `None` if absent."""
     if not entry.weights_file.exists() and not entry.meta_file.exists():
@@ -876,6 +896,7 @@ def _read_cache(entry: _CacheEntry, backbone: str, source_file: Path | None) -> 
             meta = json.loads(entry.meta_file.read_text())
         except (OSError, ValueError) as exc:
             raise _CacheInvalid(f"unreadable sidecar {entry.meta_file.name}: {exc}") from exc
+        _check_sidecar(meta, entry.meta_file)
         if meta.get("format_version") != CACHE_FORMAT_VERSION or meta.get("backbone") != backbone:
             raise _CacheInvalid("written by another hftransfer version or for another backbone")
         if not entry.weights_file.is_file():
@@ -894,9 +915,14 @@ def _read_cache(entry: _CacheEntry, backbone: str, source_file: Path | None) -> 
                 if source_sha256 != meta.get("source_sha256"):
                     raise _CacheInvalid(f"the source {source_file} changed since it was converted")
                 _atomic_write_bytes(entry.meta_file, json.dumps({**meta, **current}, indent=2).encode())
+        from safetensors import SafetensorError
         from safetensors.torch import load
 
-        state_dict = _check_state_dict(load(data), backbone, f"Cached backbone weights {entry.weights_file}")
+        try:
+            tensors = load(data)
+        except SafetensorError as exc:  # garbage whose checksum was recorded: only parsing can tell
+            raise _CacheInvalid(f"not a readable safetensors file ({exc})") from exc
+        state_dict = _check_state_dict(tensors, backbone, f"Cached backbone weights {entry.weights_file}")
     except (_CacheInvalid, BackboneWeightsError, OSError) as exc:
         logger.warning("Ignoring cached backbone weights %s (%s); converting again.", entry.weights_file, exc)
         return None

@@ -597,6 +597,43 @@ def test_corrupt_cache_is_detected_and_rebuilt(
     assert json.loads(path.with_suffix(".json").read_text())["sha256"] == W.sha256_file(path)
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+@pytest.mark.parametrize("damage", ["sidecar-list", "sidecar-no-image-mean", "garbage-with-matching-checksums"])
+def test_a_damaged_sidecar_or_a_consistent_garbage_file_reconverts_with_a_warning(
+    tmp_path, pristine_cache, keras_weights, count_keras_parses, caplog, damage
+):
+    # Issue 10, item 10: these gave AttributeError / KeyError / SafetensorError tracebacks and `train` could not start.
+    shutil.copytree(pristine_cache, tmp_path, dirs_exist_ok=True)
+    (path,) = (tmp_path / "weights").glob("*.safetensors")
+    meta = json.loads(_sidecar(path).read_text())
+    if damage == "sidecar-list":
+        _sidecar(path).write_text(json.dumps([meta]))
+    elif damage == "sidecar-no-image-mean":
+        del meta["image_mean"]
+        _sidecar(path).write_text(json.dumps(meta))
+    else:  # garbage whose size and sha256 were written into the sidecar: only parsing the file can tell
+        garbage = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+        path.write_bytes(garbage)
+        _sidecar(path).write_text(json.dumps({**meta, "size": len(garbage), "sha256": W.sha256_file(path)}))
+    with caplog.at_level("WARNING", logger="hftransfer.weights"):
+        weights = W.load_backbone_weights("keras-imagenet", cache_dir=tmp_path)
+    assert count_keras_parses["onnx"] == 1  # converted again
+    assert f"Ignoring cached backbone weights {path}" in caplog.text and "converting again" in caplog.text
+    reason = {
+        "sidecar-list": "holds a JSON list, expected an object",
+        "sidecar-no-image-mean": "has no valid 'image_mean'",
+        "garbage-with-matching-checksums": "not a readable safetensors file",
+    }[damage]
+    assert reason in caplog.text
+    _assert_same_state_dict(weights.state_dict, keras_weights.state_dict)
+    assert weights.image_mean == W.KERAS_IMAGE_MEAN
+    rebuilt = json.loads(_sidecar(path).read_text())
+    assert rebuilt["sha256"] == W.sha256_file(path) and rebuilt["image_mean"] == list(W.KERAS_IMAGE_MEAN)
+
+
 def test_cache_follows_source_changes(tmp_path, onnx_convs, count_keras_parses):
     source = _write_keras_h5(tmp_path / "vgg16.h5", onnx_convs, "keras2")
     first = W.load_backbone_weights(source, cache_dir=tmp_path / "cache")
