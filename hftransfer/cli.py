@@ -192,9 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--max-samples", type=_positive_int, default=None, metavar="N", help="evaluate the first N examples"
     )
-    evaluate.add_argument(
-        "--device", default=None, metavar="DEVICE", help="cpu, cuda, cuda:1, ... (default: cuda if available)"
-    )
+    _add_device_and_dtype(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
     predict = commands.add_parser(
@@ -222,9 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip unreadable/corrupt images (reported on stderr) instead of failing",
     )
-    predict.add_argument(
-        "--device", default=None, metavar="DEVICE", help="cpu, cuda, cuda:1, ... (default: cuda if available)"
-    )
+    _add_device_and_dtype(predict)
     predict.set_defaults(func=_cmd_predict)
 
     push = commands.add_parser(
@@ -280,6 +276,23 @@ def _wrap(text: str) -> str:
     # RawDescriptionHelpFormatter keeps our line breaks (examples, epilog) but does not wrap: wrap paragraphs here.
     return "\n".join(
         textwrap.fill(line, _HELP_WIDTH) if len(line) > _HELP_WIDTH else line for line in text.split("\n")
+    )
+
+
+def _add_device_and_dtype(parser: argparse.ArgumentParser) -> None:
+    # The values `pipeline(device=..., dtype=...)` takes.
+    parser.add_argument(
+        "--device",
+        default=None,
+        metavar="DEVICE",
+        help="cpu, cuda, cuda:1, mps, or an index as for pipeline (0 = first GPU, -1 = CPU) (default: cuda if "
+        "available)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=("auto", "float32", "float16", "bfloat16"),
+        help="weights and inputs dtype, as for pipeline (default: auto, the checkpoint's dtype)",
     )
 
 
@@ -382,6 +395,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         max_samples=args.max_samples,
         device=args.device,
+        dtype=args.dtype,
     )
     files = [] if output_dir is None else [output_dir / METRICS_FILE, output_dir / CONFUSION_MATRIX_FILE]
     if args.json:
@@ -418,6 +432,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             on_bad_image="skip" if args.skip_bad else "error",
             device=args.device,
+            dtype=args.dtype,
         )
     except BadImageError as err:
         bad = "; ".join(str(image) for image in err.bad_images)
