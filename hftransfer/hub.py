@@ -300,6 +300,54 @@ class _Push:
             raise
 
 
+# --- Xet or LFS ----------------------------------------------------------------------------------------------------
+
+
+def _endpoint_speaks_xet(api: Any, repo_id: str, revision: str | None) -> bool:
+    """Whether uploads to this endpoint may go through Xet (hf_xet installed and the endpoint hands out Xet tokens).
+
+    huggingface_hub uploads through Xet whenever `hf_xet` is installed, without asking the server; an endpoint that
+    only speaks LFS (a local or self-hosted Hub, e.g. `hftransfer.testing.hub_server`) then fails every upload. One
+    request for a Xet write token tells: anything but 200 means LFS.
+    """
+    from urllib.parse import quote
+
+    from huggingface_hub.utils import build_hf_headers, get_session
+    from huggingface_hub.utils._runtime import is_xet_available
+
+    if not is_xet_available():
+        return False
+    url = f"{api.endpoint}/api/models/{repo_id}/xet-write-token/{quote(revision or 'main', safe='')}"
+    try:
+        response = get_session().get(url, headers=build_hf_headers(token=api.token), follow_redirects=False)
+    except _transport_errors():
+        raise
+    except Exception as err:  # noqa: BLE001 - an odd answer is not a reason to fail the push: LFS works everywhere
+        logger.debug("Xet probe of %s failed (%s): uploading with LFS", api.endpoint, err)
+        return False
+    if response.status_code != 200:
+        logger.info(
+            "%s does not hand out Xet tokens (HTTP %d): uploading with LFS", api.endpoint, response.status_code
+        )
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _xet_enabled(enabled: bool) -> Iterator[None]:
+    """Let huggingface_hub use Xet inside the block only if `enabled` (it reads `constants.HF_HUB_DISABLE_XET`)."""
+    from huggingface_hub import constants
+
+    if enabled or constants.HF_HUB_DISABLE_XET:
+        yield
+        return
+    constants.HF_HUB_DISABLE_XET = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_XET = False
+
+
 # --- push ---------------------------------------------------------------------------------------------------------
 
 
@@ -443,7 +491,9 @@ def push_to_hub(
         repo_id,
         f"@{revision}" if revision else "",
     )
-    with push.step(f"uploading {len(files)} files to {repo_id}"):
+    with push.step(f"checking whether {api.endpoint} speaks Xet"):
+        use_xet = _endpoint_speaks_xet(api, repo_id, revision)
+    with push.step(f"uploading {len(files)} files to {repo_id}"), _xet_enabled(use_xet):
         info = api.create_commit(
             repo_id,
             operations,

@@ -94,6 +94,11 @@ MAX_DRAIN = (
 MAX_PREUPLOAD_FILES = 1000  # huggingface_hub sends 256 per request
 IO_CHUNK = 1024 * 1024
 STARTUP_LINE = "hftransfer hub server listening on"
+XET_HINT = (
+    "This server does not speak the Xet protocol: set HF_HUB_DISABLE_XET=1 in the client's environment so that "
+    "huggingface_hub uploads with classic LFS (hftransfer push does this by itself)."
+)
+XET_HINT_PATH = "/_hftransfer/xet-is-not-supported-here-set-HF_HUB_DISABLE_XET=1-to-upload-with-LFS"
 DEFAULT_MAX_CONNECTIONS = 64  # connections served at once (one thread each); more get 503 or replace idle ones
 DEFAULT_IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may wait for its next request line and headers
 
@@ -1361,6 +1366,8 @@ class HubApp:
             raise HubHTTPError(405, f"Method {request.method} is not allowed here; use {' or '.join(allowed)}.")
 
     def _route_internal(self, request: Request, rest: list[str]) -> Response:
+        if ["_hftransfer", *rest] == XET_HINT_PATH.strip("/").split("/"):
+            raise HubHTTPError(501, XET_HINT, "XetNotSupported")
         if len(rest) == 2 and rest[0] == "lfs-upload":
             self._method(request, "PUT")
             return self.lfs_upload(request, rest[1])
@@ -1439,11 +1446,9 @@ class HubApp:
             self._method(request, "PUT")
             return self.update_settings(request, repo_type, repo_id)
         if action in ("xet-write-token", "xet-read-token"):
-            raise HubHTTPError(
-                501,
-                "This server does not speak the Xet protocol: set HF_HUB_DISABLE_XET=1 in the client's environment "
-                "so that huggingface_hub uses classic LFS uploads.",
-            )
+            # hf_xet (Rust) reports only the status and the URL of a failed token request, never the body: redirect
+            # to a URL that says what to set, so the hint is in the message the user sees.
+            return Response(307, [("Location", f"{request.base_url}{XET_HINT_PATH}")])
         raise HubHTTPError(404, f"Unknown endpoint {request.method} {urllib.parse.urlsplit(request.target).path}")
 
     def _route_web(self, request: Request, segments: list[str]) -> Response:
