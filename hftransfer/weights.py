@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import struct
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -808,6 +809,21 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     write_bytes_atomic(path, data)
 
 
+def _canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its metadata keys sorted, so that the same weights give the same bytes.
+
+    safetensors writes `__metadata__` in hash-map order, which changes from one call to the next; the tensor entries
+    and the data are left exactly as written (the header is re-padded with spaces to 8 bytes, as safetensors does).
+    """
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + length :]
+
+
 def save_backbone_weights(weights: BackboneWeights, path: str | os.PathLike) -> str:
     r"""
     Write backbone weights as a timm-format safetensors file, atomically, with their provenance as metadata.
@@ -836,8 +852,8 @@ def save_backbone_weights(weights: BackboneWeights, path: str | os.PathLike) -> 
     }
     if weights.source_sha256:
         metadata["source_sha256"] = weights.source_sha256
-    data = save(
-        {key: tensor.detach().cpu().contiguous().clone() for key, tensor in weights.state_dict.items()}, metadata
+    data = _canonical_safetensors(
+        save({key: tensor.detach().cpu().contiguous().clone() for key, tensor in weights.state_dict.items()}, metadata)
     )
     _atomic_write_bytes(Path(path), data)
     return hashlib.sha256(data).hexdigest()

@@ -634,6 +634,30 @@ def test_a_damaged_sidecar_or_a_consistent_garbage_file_reconverts_with_a_warnin
     assert rebuilt["sha256"] == W.sha256_file(path) and rebuilt["image_mean"] == list(W.KERAS_IMAGE_MEAN)
 
 
+def test_weights_force_gives_the_same_sha256_every_time(tmp_path, keras_onnx, capsys):
+    # Issue 10, item 17: safetensors wrote the metadata in hash-map order, so every conversion had another checksum.
+    argv = ["--source", "keras-imagenet", "--cache-dir", str(tmp_path / "cache"), "--force", "--json"]
+    reports, contents = [], []
+    for run in range(3):
+        assert W.main_weights([*argv, "--output", str(tmp_path / f"out{run}.safetensors")]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+        contents.append(Path(reports[-1]["cache_file"]).read_bytes())
+    assert len({report["sha256"] for report in reports}) == 1
+    assert (
+        reports[0]["sha256"] == W.sha256_file(tmp_path / "out0.safetensors") == W.sha256_file(reports[0]["cache_file"])
+    )
+    assert contents[0] == contents[1] == contents[2]
+    state = {"features.0.weight": torch.ones(64, 3, 3, 3), "features.0.bias": torch.zeros(64)}
+    small = W.BackboneWeights(state, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), "test", "vgg16", source_sha256="ab" * 32)
+    digests = {W.save_backbone_weights(small, tmp_path / "small.safetensors") for _ in range(10)}
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "small.safetensors"), framework="pt") as reader:  # still valid, metadata intact
+        assert json.loads(reader.metadata()["image_std"]) == [0.4, 0.5, 0.6] and reader.metadata()["source"] == "test"
+        assert torch.equal(reader.get_tensor("features.0.weight"), state["features.0.weight"])
+
+
 def test_cache_follows_source_changes(tmp_path, onnx_convs, count_keras_parses):
     source = _write_keras_h5(tmp_path / "vgg16.h5", onnx_convs, "keras2")
     first = W.load_backbone_weights(source, cache_dir=tmp_path / "cache")
