@@ -45,6 +45,7 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import html
 import http.server
 import ipaddress
 import json
@@ -86,6 +87,8 @@ logger = logging.getLogger("hftransfer.testing.hub_server")
 MODULE_NAME = "hftransfer.testing.hub_server"
 DEFAULT_LFS_THRESHOLD = 10 * 1024 * 1024  # the Hub refuses regular (non-LFS) files above 10 MiB
 DEFAULT_UPLOAD_LINK_TTL = 3600.0
+DISCUSSIONS_PAGE_SIZE = 50
+MAX_COMMENT = 64 * 1024  # characters of a comment or a discussion's description
 TREE_PAGE_SIZE = 1000  # the Hub's page size for tree listings
 MAX_JSON_BODY = 16 * 1024 * 1024
 MAX_DRAIN = (
@@ -1014,6 +1017,16 @@ class HubStorage:
     def write_refs(self, repo_type: str, repo_id: str, refs: dict) -> None:
         self.write_bytes(self.repo_dir(repo_type, repo_id) / "refs.json", _json_bytes(refs))
 
+    def read_discussions(self, repo_type: str, repo_id: str) -> dict:
+        """Discussions and pull requests by number (as a string): title, status, author, events, PR base."""
+        try:
+            return json.loads((self.repo_dir(repo_type, repo_id) / "discussions.json").read_bytes())
+        except FileNotFoundError:
+            return {}
+
+    def write_discussions(self, repo_type: str, repo_id: str, discussions: dict) -> None:
+        self.write_bytes(self.repo_dir(repo_type, repo_id) / "discussions.json", _json_bytes(discussions))
+
     def read_commit(self, repo_type: str, repo_id: str, sha: str) -> dict | None:
         if not _HEX40_RE.match(sha):
             return None
@@ -1330,6 +1343,7 @@ class HubApp:
             raise ValueError(f"Organization names {reserved} are reserved (URL prefixes of the Hub API).")
         self._secret = storage.read_secret()
         self._gitattributes_cache: dict[str, _PatternSet] = {}
+        self._card_cache: dict[str, dict | None] = {}
 
     # -- entry point ---------------------------------------------------------------------------------------------
 
@@ -1442,6 +1456,8 @@ class HubApp:
             if request.method == "DELETE":
                 return self.delete_tag(request, repo_type, repo_id, single)
             return self.create_tag(request, repo_type, repo_id, single)
+        if action == "discussions":
+            return self.discussions(request, repo_type, repo_id, args)
         if action == "settings" and not args:
             self._method(request, "PUT")
             return self.update_settings(request, repo_type, repo_id)
@@ -1670,6 +1686,15 @@ class HubApp:
         entry = tree.get("README.md")
         if entry is None or entry["size"] > 1024 * 1024:
             return None
+        if entry["sha256"] in self._card_cache:
+            return self._card_cache[entry["sha256"]]
+        metadata = self._read_card_metadata(repo_type, repo_id, entry)
+        if len(self._card_cache) >= 256:
+            self._card_cache.clear()
+        self._card_cache[entry["sha256"]] = metadata
+        return metadata
+
+    def _read_card_metadata(self, repo_type: str, repo_id: str, entry: dict) -> dict | None:
         try:
             content = self.storage.read_blob(entry["sha256"]).decode("utf-8")
         except (OSError, UnicodeDecodeError):
@@ -1701,12 +1726,13 @@ class HubApp:
         }
         if repo_type == "model":
             info["modelId"] = repo_id
-        if not full:
-            return info
         card = self._card_metadata(repo_type, repo_id, tree)
         if card is not None:
+            info.update(_card_tags(card))  # listings carry the tags too, as on the Hub
+        if not full:
+            return info
+        if card is not None:
             info["cardData"] = card
-            info.update(_card_tags(card))
         if repo_type == "model" and "config.json" in tree and tree["config.json"]["size"] <= 1024 * 1024:
             with contextlib.suppress(OSError, ValueError):
                 config = json.loads(self.storage.read_blob(tree["config.json"]["sha256"]))
@@ -2249,14 +2275,41 @@ class HubApp:
             commit = self.storage.write_commit(
                 repo_type, repo_id, parents=[base], tree=tree, title=title, message=message, author=principal.name
             )
-            refs = self.storage.read_refs(repo_type, repo_id)
             pr_url = None
             if create_pr:
-                number = str(max((int(n) for n in refs["prs"]), default=0) + 1)
-                refs["prs"][number] = {"head": commit["id"], "base": revision, "title": title}
+                target = self._resolve(repo_type, repo_id, revision)[2] if kind == "branch" else "main"
+                item = self._new_discussion(
+                    repo_type,
+                    repo_id,
+                    title=title,
+                    author=principal.name,
+                    pull_request=True,
+                    status="open",
+                    base=target,
+                )
+                number = str(item["num"])
+                discussions = self.storage.read_discussions(repo_type, repo_id)
+                discussions[number]["baseCommit"] = base
+                discussions[number]["events"].append(
+                    self._discussion_event("comment", principal.name, self._comment_data(message))
+                )
+                discussions[number]["events"].append(
+                    self._discussion_event("commit", principal.name, {"subject": title, "oid": commit["id"]})
+                )
+                self.storage.write_discussions(repo_type, repo_id, discussions)
                 pr_url = f"{self._repo_url(request, repo_type, repo_id)}/discussions/{number}"
+            refs = self.storage.read_refs(repo_type, repo_id)
+            if create_pr:
+                refs["prs"][number]["head"] = commit["id"]
             elif kind == "pr":
-                refs["prs"][_PR_REF_RE.match(revision).group(1)]["head"] = commit["id"]
+                number = _PR_REF_RE.match(revision).group(1)
+                refs["prs"][number]["head"] = commit["id"]
+                discussions = self.storage.read_discussions(repo_type, repo_id)
+                if number in discussions:
+                    discussions[number]["events"].append(
+                        self._discussion_event("commit", principal.name, {"subject": title, "oid": commit["id"]})
+                    )
+                    self.storage.write_discussions(repo_type, repo_id, discussions)
             else:
                 refs["branches"][self._resolve(repo_type, repo_id, revision)[2]] = commit["id"]
             self.storage.write_refs(repo_type, repo_id, refs)  # the commit becomes visible here, atomically
@@ -2329,6 +2382,299 @@ class HubApp:
                         400,
                         f"Conflict: '{'/'.join(parts[:depth])}' is a file, so '{path}' cannot be created below it.",
                     )
+
+    # -- discussions and pull requests ---------------------------------------------------------------------------
+
+    def _discussion_event(self, kind: str, author: str, data: dict) -> dict:
+        return {
+            "id": secrets.token_hex(12),
+            "type": kind,
+            "createdAt": _now_iso(),
+            "author": {"name": author, "type": "user"},
+            "data": data,
+        }
+
+    @staticmethod
+    def _comment_data(text: str) -> dict:
+        return {"edited": False, "hidden": False, "latest": {"raw": text, "html": html.escape(text)}, "numEdits": 0}
+
+    def _discussion_summary(self, meta: dict, item: dict) -> dict:
+        return {
+            "num": item["num"],
+            "title": item["title"],
+            "status": item["status"],
+            "author": {"name": item["author"], "type": "user"},
+            "createdAt": item["createdAt"],
+            "isPullRequest": item["isPullRequest"],
+            "repo": {"name": meta["id"], "type": meta["type"]},
+            "numComments": sum(1 for event in item["events"] if event["type"] == "comment"),
+            "pinned": False,
+        }
+
+    def _discussion(self, repo_type: str, repo_id: str, num: str) -> tuple[dict, dict]:
+        discussions = self.storage.read_discussions(repo_type, repo_id)
+        if not num.isascii() or not num.isdigit() or num not in discussions:
+            raise HubHTTPError(404, f"Discussion #{num} does not exist in {repo_type} '{repo_id}'.")
+        return discussions, discussions[num]
+
+    def _require_writer_token(self, request: Request, action: str) -> Principal:
+        principal = self._require_auth(request, action)
+        if principal.role != "write":
+            raise HubHTTPError(
+                403, f"The token of user '{principal.name}' is read-only: a write token is needed to {action}."
+            )
+        return principal
+
+    def discussions(self, request: Request, repo_type: str, repo_id: str, args: list[str]) -> Response:
+        """`/api/{type}s/{repo}/discussions[/N[/comment|status|title|merge|comment/ID/edit|hide]]`."""
+        if not args:
+            self._method(request, "GET", "POST")
+            if request.method == "POST":
+                return self.create_discussion(request, repo_type, repo_id)
+            return self.list_discussions(request, repo_type, repo_id)
+        if len(args) == 1:
+            self._method(request, "GET")
+            meta = self._repo_for_read(request, repo_type, repo_id)
+            return _json_response(self._discussion_details(meta, self._discussion(repo_type, repo_id, args[0])[1]))
+        self._method(request, "POST")
+        num, action = args[0], "/".join(args[1:] if len(args) != 4 else [args[1], "*", args[3]])
+        handlers = {
+            "comment": self.comment_discussion,
+            "status": self.discussion_status,
+            "title": self.discussion_title,
+            "merge": self.merge_pull_request,
+            "comment/*/edit": self.edit_comment,
+            "comment/*/hide": self.edit_comment,
+        }
+        if action not in handlers:
+            raise HubHTTPError(404, f"Unknown endpoint {request.method} {urllib.parse.urlsplit(request.target).path}")
+        return handlers[action](request, repo_type, repo_id, num, args[1:])
+
+    def list_discussions(self, request: Request, repo_type: str, repo_id: str) -> Response:
+        meta = self._repo_for_read(request, repo_type, repo_id)
+        kind, status, author = (
+            request.param("type") or "all",
+            request.param("status") or "all",
+            request.param("author"),
+        )
+        items = sorted(self.storage.read_discussions(repo_type, repo_id).values(), key=lambda d: -d["num"])
+        if kind in ("discussion", "pull_request"):
+            items = [d for d in items if d["isPullRequest"] == (kind == "pull_request")]
+        if status in ("open", "closed"):
+            items = [d for d in items if (d["status"] in ("open", "draft")) == (status == "open")]
+        if author:
+            items = [d for d in items if d["author"] == author]
+        try:
+            page = max(0, int(request.param("p") or 0))
+        except ValueError:
+            raise HubHTTPError(400, f"Invalid page {request.param('p')!r}: expected an integer.") from None
+        start = page * DISCUSSIONS_PAGE_SIZE
+        return _json_response(
+            {
+                "discussions": [
+                    self._discussion_summary(meta, d) for d in items[start : start + DISCUSSIONS_PAGE_SIZE]
+                ],
+                "count": len(items),
+                "start": start,
+                "numClosedDiscussions": sum(1 for d in items if d["status"] in ("closed", "merged")),
+            }
+        )
+
+    def _discussion_details(self, meta: dict, item: dict) -> dict:
+        details = {**self._discussion_summary(meta, item), "events": item["events"], "diff": ""}
+        if item["isPullRequest"]:
+            details["changes"] = {"base": f"refs/heads/{item['base']}"}
+            if item.get("mergeCommitId"):
+                details["changes"]["mergeCommitId"] = item["mergeCommitId"]
+            details["filesWithConflicts"] = []
+        return details
+
+    def _new_discussion(
+        self, repo_type: str, repo_id: str, *, title: str, author: str, pull_request: bool, status: str, base: str
+    ) -> dict:
+        """Under the repo lock: add a discussion (numbered after every discussion and PR so far) and return it."""
+        discussions = self.storage.read_discussions(repo_type, repo_id)
+        refs = self.storage.read_refs(repo_type, repo_id)
+        num = max([int(n) for n in discussions] + [int(n) for n in refs["prs"]] + [0]) + 1
+        item = {
+            "num": num,
+            "title": title,
+            "status": status,
+            "author": author,
+            "createdAt": _now_iso(),
+            "isPullRequest": pull_request,
+            "events": [],
+        }
+        if pull_request:
+            head = self._resolve(repo_type, repo_id, base)[0]
+            item.update(base=base, baseCommit=head)
+            refs["prs"][str(num)] = {"head": head, "base": base, "title": title}
+            self.storage.write_refs(repo_type, repo_id, refs)
+        discussions[str(num)] = item
+        self.storage.write_discussions(repo_type, repo_id, discussions)
+        return item
+
+    def create_discussion(self, request: Request, repo_type: str, repo_id: str) -> Response:
+        body = request.json_object()
+        pull_request = bool(body.get("pullRequest"))
+        if pull_request:  # a pull request gets a branch of its own: the same rights as a commit
+            _, principal = self._repo_for_write(request, repo_type, repo_id, "open a pull request on")
+        else:
+            self._repo_for_read(request, repo_type, repo_id)
+            principal = self._require_writer_token(request, "open a discussion")
+        title = body.get("title")
+        if not isinstance(title, str) or not title.strip() or len(title) > 200:
+            raise HubHTTPError(400, "A discussion needs a 'title' of 1 to 200 characters.")
+        description = body.get("description") or ""
+        if not isinstance(description, str) or len(description) > MAX_COMMENT:
+            raise HubHTTPError(400, f"'description' must be a string of at most {MAX_COMMENT} characters.")
+        with self.storage.lock(repo_type, repo_id):
+            discussions = self.storage.read_discussions(repo_type, repo_id)
+            item = self._new_discussion(
+                repo_type,
+                repo_id,
+                title=title.strip(),
+                author=principal.name,
+                pull_request=pull_request,
+                status="draft" if pull_request else "open",
+                base="main",
+            )
+            discussions = self.storage.read_discussions(repo_type, repo_id)
+            discussions[str(item["num"])]["events"].append(
+                self._discussion_event("comment", principal.name, self._comment_data(description))
+            )
+            self.storage.write_discussions(repo_type, repo_id, discussions)
+        url = f"{self._repo_url(request, repo_type, repo_id)}/discussions/{item['num']}"
+        return _json_response({"num": item["num"], "url": url, "pullRequest": pull_request})
+
+    def _change(self, request: Request, repo_type: str, repo_id: str, num: str, *, write: bool, action: str, apply):
+        """Run `apply(discussions, item, principal)` under the repo lock after the access checks; save; answer it."""
+        if write:
+            _, principal = self._repo_for_write(request, repo_type, repo_id, action)
+        else:
+            self._repo_for_read(request, repo_type, repo_id)
+            principal = self._require_writer_token(request, action)
+        body = request.json_object()
+        with self.storage.lock(repo_type, repo_id):
+            discussions, item = self._discussion(repo_type, repo_id, num)
+            answer = apply(discussions, item, principal, body)
+            self.storage.write_discussions(repo_type, repo_id, discussions)
+        return _json_response(answer)
+
+    def comment_discussion(self, request: Request, repo_type: str, repo_id: str, num: str, _: list) -> Response:
+        def apply(discussions, item, principal, body):
+            comment = body.get("comment")
+            if not isinstance(comment, str) or not comment.strip() or len(comment) > MAX_COMMENT:
+                raise HubHTTPError(400, f"A comment needs a non-empty 'comment' of at most {MAX_COMMENT} characters.")
+            event = self._discussion_event("comment", principal.name, self._comment_data(comment))
+            item["events"].append(event)
+            return {"newMessage": event}
+
+        return self._change(request, repo_type, repo_id, num, write=False, action="comment", apply=apply)
+
+    def edit_comment(self, request: Request, repo_type: str, repo_id: str, num: str, rest: list) -> Response:
+        comment_id, verb = rest[1].lower(), rest[2]
+
+        def apply(discussions, item, principal, body):
+            event = next((e for e in item["events"] if e["id"] == comment_id and e["type"] == "comment"), None)
+            if event is None:
+                raise HubHTTPError(404, f"Comment {comment_id} does not exist in discussion #{num}.")
+            if event["author"]["name"] != principal.name and not self._can_write_namespace(
+                principal, repo_id.split("/")[0]
+            ):
+                raise HubHTTPError(403, f"User '{principal.name}' cannot {verb} a comment of another user.")
+            if verb == "hide":
+                event["data"]["hidden"] = True
+            else:
+                content = body.get("content")
+                if not isinstance(content, str) or not content.strip() or len(content) > MAX_COMMENT:
+                    raise HubHTTPError(400, "An edit needs a non-empty 'content'.")
+                event["data"].update(edited=True, numEdits=event["data"]["numEdits"] + 1)
+                event["data"]["latest"] = {"raw": content, "html": html.escape(content)}
+            return {"updatedComment": event}
+
+        return self._change(request, repo_type, repo_id, num, write=False, action=f"{verb} a comment", apply=apply)
+
+    def discussion_status(self, request: Request, repo_type: str, repo_id: str, num: str, _: list) -> Response:
+        def apply(discussions, item, principal, body):
+            status = body.get("status")
+            if status not in ("open", "closed"):
+                raise HubHTTPError(400, f"Invalid status {status!r}: expected 'open' or 'closed'.")
+            if item["status"] == "merged":
+                raise HubHTTPError(400, f"Pull request #{num} is merged: its status cannot change.")
+            item["status"] = status
+            if isinstance(body.get("comment"), str) and body["comment"].strip():
+                item["events"].append(
+                    self._discussion_event("comment", principal.name, self._comment_data(body["comment"]))
+                )
+            event = self._discussion_event("status-change", principal.name, {"status": status})
+            item["events"].append(event)
+            return {"newStatus": event}
+
+        return self._change(
+            request, repo_type, repo_id, num, write=True, action="change the status of a discussion of", apply=apply
+        )
+
+    def discussion_title(self, request: Request, repo_type: str, repo_id: str, num: str, _: list) -> Response:
+        def apply(discussions, item, principal, body):
+            title = body.get("title")
+            if not isinstance(title, str) or not title.strip() or len(title) > 200:
+                raise HubHTTPError(400, "A discussion needs a 'title' of 1 to 200 characters.")
+            event = self._discussion_event(
+                "title-change", principal.name, {"from": item["title"], "to": title.strip()}
+            )
+            item["title"] = title.strip()
+            item["events"].append(event)
+            return {"newTitle": event}
+
+        return self._change(request, repo_type, repo_id, num, write=True, action="rename a discussion of", apply=apply)
+
+    def merge_pull_request(self, request: Request, repo_type: str, repo_id: str, num: str, _: list) -> Response:
+        def apply(discussions, item, principal, body):
+            if not item["isPullRequest"]:
+                raise HubHTTPError(400, f"#{num} is a discussion, not a pull request: there is nothing to merge.")
+            if item["status"] not in ("open", "draft"):
+                raise HubHTTPError(400, f"Pull request #{num} is {item['status']}: only open pull requests merge.")
+            refs = self.storage.read_refs(repo_type, repo_id)
+            base_head = refs["branches"].get(item["base"])
+            if base_head is None:
+                raise HubHTTPError(400, f"The target branch '{item['base']}' of pull request #{num} no longer exists.")
+            pr_head = refs["prs"][num]["head"]
+            origin = self._commit(repo_type, repo_id, item["baseCommit"])["tree"]
+            theirs = self._commit(repo_type, repo_id, pr_head)["tree"]
+            tree = dict(self._commit(repo_type, repo_id, base_head)["tree"])
+            conflicts = []
+            for path in sorted(origin.keys() | theirs.keys()):
+                if origin.get(path) == theirs.get(path):
+                    continue  # not changed by the pull request
+                if tree.get(path) != origin.get(path) and tree.get(path) != theirs.get(path):
+                    conflicts.append(path)  # changed on both sides, differently
+                elif path in theirs:
+                    tree[path] = theirs[path]
+                else:
+                    tree.pop(path, None)
+            if conflicts:
+                raise HubHTTPError(
+                    409, f"Pull request #{num} conflicts with '{item['base']}' in: {', '.join(conflicts)}."
+                )
+            commit = self.storage.write_commit(
+                repo_type,
+                repo_id,
+                parents=[base_head, pr_head],
+                tree=tree,
+                title=f"Merge pull request #{num}: {item['title']}",
+                message=body.get("comment") if isinstance(body.get("comment"), str) else "",
+                author=principal.name,
+            )
+            refs["branches"][item["base"]] = commit["id"]
+            self.storage.write_refs(repo_type, repo_id, refs)
+            item.update(status="merged", mergeCommitId=commit["id"])
+            item["events"].append(self._discussion_event("status-change", principal.name, {"status": "merged"}))
+            return {"success": True, "commitOid": commit["id"]}
+
+        return self._change(
+            request, repo_type, repo_id, num, write=True, action="merge a pull request of", apply=apply
+        )
 
     # -- branches and tags ---------------------------------------------------------------------------------------
 
