@@ -653,9 +653,11 @@ def test_upload_mode_follows_gitattributes_binary_content_and_size(tmp_path):
 
 
 def test_cli_help_runs_standalone():
-    # The module is stdlib-only, so the file also runs on its own (e.g. copied to an air-gapped machine).
+    # The package is stdlib-only, so its folder also runs on its own (e.g. copied to an air-gapped machine).
+    package_dir = Path(hub_server_module.__file__).parent
+    env = {**os.environ, "PYTHONPATH": str(package_dir.parent)}
     result = subprocess.run(
-        [sys.executable, hub_server_module.__file__, "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", package_dir.name, "--help"], capture_output=True, text=True, timeout=60, env=env
     )
     assert result.returncode == 0
     assert "--data-dir" in result.stdout and "--token" in result.stdout and "HF_HUB_DISABLE_XET" in result.stdout
