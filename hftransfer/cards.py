@@ -352,6 +352,13 @@ def _template_context(
             if isinstance(max_steps, int) and max_steps > 0
             else f"{_lr(stage.get('epochs'))} epochs"
         )
+        if stage.get("stopped_early_at_step"):
+            length += f", stopped early at step {stage['stopped_early_at_step']}"
+        augmentation = stage.get("augmentation", "–")
+        regularization = stage.get("regularization") or {}
+        extras = [f"{key.replace('_', ' ')} {value:g}" for key, value in regularization.items()]
+        if isinstance(stage.get("layer_lr_decay"), (int, float)) and stage["layer_lr_decay"] != 1:
+            extras.append(f"layer LR decay {stage['layer_lr_decay']:g}")
         validation = stage.get("validation") or {}
         stage_rows.append(
             {
@@ -365,6 +372,10 @@ def _template_context(
                 "optimizer": _cell(stage.get("optimizer", "–")),
                 "weight_decay": _lr(stage.get("weight_decay")),
                 "feature_cache": "yes" if stage.get("used_feature_cache") else "no",
+                "augmentation": _cell(
+                    augmentation if isinstance(augmentation, str) else "custom: " + json.dumps(augmentation)
+                ),
+                "regularization": _cell(", ".join(extras) or "–"),
                 "wall_time": _duration(stage.get("wall_time_s")),
                 "val_accuracy": _number(validation.get("accuracy")),
                 "val_f1": _number(validation.get("f1")),
@@ -468,10 +479,21 @@ def _template_context(
     version_rows = [{"name": "hftransfer", "version": versions.get("hftransfer", "–")}] + [
         {"name": name, "version": value} for name, value in versions.items() if name != "hftransfer"
     ]
+    selected = metrics.get("selected") or {}
+    selection = None
+    if selected.get("reason"):
+        value = selected.get("value")
+        selection = (
+            f"Model selection ({selected.get('policy', 'best')}, by validation {selected.get('metric')}): "
+            f"{selected['reason']}"
+            + (f" (validation {selected.get('metric')} {_number(value)})." if isinstance(value, (int, float)) else ".")
+        )
     return {
         "model_id": model_id,
         "model_name": model_name,
         "summary": summary,
+        "warnings": [str(w) for w in metrics.get("warnings") or []],
+        "selection": selection,
         "backbone": backbone,
         "backbone_display": _backbone_display(backbone),
         "weights_description": _weights_description(weights_source),

@@ -279,7 +279,12 @@ def _coerce(where: str, value: Any, annotation: Any) -> Any:
                 value = [v for v in value.replace(",", " ").split() if v]
             if not isinstance(value, (list, tuple)):
                 raise ValueError
-            return [_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+            try:
+                return [_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+            except RecipeError:
+                raise ValueError from None  # name the whole list and its expected type
+    except RecipeError:
+        raise
     except (TypeError, ValueError):
         raise RecipeError(f"{where}={value!r} is invalid: expected {text}.") from None
     return value

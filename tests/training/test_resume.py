@@ -1,4 +1,5 @@
-"""SIGKILL during stage 2, then `--resume`: the run completes with the metrics of an uninterrupted run."""
+"""SIGKILL during stage 2, then `--resume`: the run completes with the metrics (and the selected model) of an
+uninterrupted run."""
 
 import json
 import signal
@@ -34,7 +35,9 @@ def _write_recipe(make_recipe, path, output_dir, cache_dir):
             "per_device_train_batch_size": 16,
             "save_strategy": "steps",
             "save_steps": 2,
-            "eval_strategy": "no",
+            # Model selection on: evaluations every 2 steps (eval_steps follows logging_steps) pick the final model.
+            "eval_strategy": "steps",
+            "logging_steps": 2,
             "save_total_limit": 10,
         },
     )
@@ -84,6 +87,8 @@ def test_sigkill_in_stage_two_then_resume_matches_an_uninterrupted_run(tmp_path,
         assert abs(got["final"][split]["accuracy"] - expected["final"][split]["accuracy"]) * 100 <= 0.5
         assert got["final"][split]["loss"] == pytest.approx(expected["final"][split]["loss"], abs=5e-3)
     assert got["stages"][1]["global_steps"] == expected["stages"][1]["global_steps"] == 12
+    # The resumed run selects the same evaluation (stage, step, value) as the uninterrupted one.
+    assert got["selected"] == expected["selected"]
 
     # Every checkpoint left behind is complete and loadable; no temp files anywhere.
     for checkpoint in stage_two.glob("checkpoint-*"):
