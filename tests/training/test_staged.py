@@ -114,9 +114,7 @@ def test_layer_lr_decay_slows_each_earlier_block_and_l2sp_drops_backbone_weight_
     apply_stage_trainable(model, StageArguments(trainable="all"))
     groups = build_parameter_groups(model, 1e-3, 0.1, 0.05, layer_lr_decay=0.5, backbone_weight_decay=False)
     rates = {g["name"]: g["lr"] for g in groups}
-    assert rates == pytest.approx(
-        {"head": 1e-3, **{f"backbone.stage{s}": 1e-4 * 0.5 ** (4 - s) for s in range(5)}}
-    )
+    assert rates == pytest.approx({"head": 1e-3, **{f"backbone.stage{s}": 1e-4 * 0.5 ** (4 - s) for s in range(5)}})
     # L2-SP replaces plain weight decay on the backbone; the head's weights still decay.
     assert {g["weight_decay"] for g in groups if g["name"].startswith("backbone")} == {0.0}
     assert {g["weight_decay"] for g in groups if g["name"] == "head"} == {0.0, 0.05}
