@@ -38,7 +38,8 @@ common.py           limits and constants, HubHTTPError (answered as JSON), name 
 storage.py          content-addressed blobs, immutable commits, refs, discussions; atomic writes
 auth.py             tokens, users, organizations; who may read or write what
 transport.py        HTTP on the standard library: body framing, Request/Response, handler, bounded threaded server
-app.py              the route table and HubApp, which mixes in one class per API area:
+routing.py          Route: methods + path pattern + handler name
+app.py              the route tables and HubApp, which mixes in one class per API area:
   api_repos.py        whoami, create/delete/settings, repo info and listings, YAML validation
   api_files.py        tree, paths-info, /resolve downloads
   api_lfs.py          preupload, git-LFS batch, signed upload links, verify

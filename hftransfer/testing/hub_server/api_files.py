@@ -149,6 +149,9 @@ class FilesAPI:
             ("ETag", etag),
             ("X-Repo-Commit", sha),
             ("Accept-Ranges", "bytes"),
+            # A file opened in a browser (say an .html one) must not run as a page of the web view's origin.
+            ("Content-Security-Policy", "sandbox; default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"),
+            ("X-Content-Type-Options", "nosniff"),
             ("Content-Type", mimetypes.guess_type(filename)[0] or "application/octet-stream"),
             (
                 "Content-Disposition",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .api_commits import CommitsAPI
@@ -14,7 +13,6 @@ from .api_lfs import UploadsAPI
 from .api_repos import ReposAPI
 from .auth import AccessControl, Principal, _token_key
 from .common import (
-    _PLURAL_TO_TYPE,
     DEFAULT_LFS_THRESHOLD,
     DEFAULT_UPLOAD_LINK_TTL,
     REPO_TYPES,
@@ -26,65 +24,10 @@ from .common import (
     parse_token_spec,
 )
 from .globs import _PatternSet
+from .routing import Route, _routes
 from .storage import HubStorage
 from .transport import Request, Response, _json_response
-from .web import WEB_ROUTES, WebView
-
-
-@dataclass(frozen=True)
-class Route:
-    """One line of the route table: HTTP methods, a path pattern and the name of the handler method.
-
-    Pattern segments are literals or placeholders: `{type}` (`models`, `datasets`, `spaces`: gives `repo_type`),
-    `{namespace}` and `{name}` (together: `repo_id`), `{name.git}` (a segment ending in `.git`), any other `{param}`
-    (one segment), and a final `{param*}` (the rest of the path, maybe empty, joined with `/`) or `{param+}` (one or
-    more segments, as a list). `fixed` adds constant keyword arguments.
-    """
-
-    methods: tuple[str, ...]
-    pattern: tuple[str, ...]
-    handler: str
-    fixed: tuple[tuple[str, Any], ...] = ()
-
-    def match(self, segments: list[str]) -> dict[str, Any] | None:
-        params: dict[str, Any] = dict(self.fixed)
-        for index, token in enumerate(self.pattern):
-            if token.endswith(("*}", "+}")):
-                rest = segments[index:]
-                if token.endswith("+}") and not rest:
-                    return None
-                params[token[1:-2]] = rest if token.endswith("+}") else "/".join(rest)
-                break
-            if index >= len(segments):
-                return None
-            segment = segments[index]
-            if token == "{type}":
-                if segment not in _PLURAL_TO_TYPE:
-                    return None
-                params["repo_type"] = _PLURAL_TO_TYPE[segment]
-            elif token == "{name.git}":
-                if not segment.endswith(".git"):
-                    return None
-                params["name"] = segment[: -len(".git")]
-            elif token.startswith("{"):
-                params[token[1:-1]] = segment
-            elif token != segment:
-                return None
-        else:
-            if len(segments) != len(self.pattern):
-                return None
-        if "namespace" in params:
-            params["repo_id"] = f"{params.pop('namespace')}/{params.pop('name')}"
-        return params
-
-
-def _routes(*lines: tuple) -> tuple[Route, ...]:
-    return tuple(
-        Route(tuple(methods.split()), tuple(pattern.strip("/").split("/")), handler, tuple(fixed.items()))
-        for methods, pattern, handler, *rest in lines
-        for fixed in [rest[0] if rest else {}]
-    )
-
+from .web import WebView
 
 _REPO = "api/{type}/{namespace}/{name}"
 _DISCUSSION = f"{_REPO}/discussions/{{num}}"
@@ -160,6 +103,16 @@ GIT_ROUTES = tuple(
 )
 
 
+WEB_ROUTES = _routes(
+    ("GET", "login", "web_login_form"),
+    ("POST", "login", "web_login"),
+    ("POST", "logout", "web_logout"),
+    ("GET", "datasets/{namespace}/{name}", "web_repo", {"repo_type": "dataset"}),
+    ("GET", "spaces/{namespace}/{name}", "web_repo", {"repo_type": "space"}),
+    ("GET", "{namespace}/{name}", "web_repo", {"repo_type": "model"}),
+)
+
+
 class HubApp(AccessControl, ReposAPI, FilesAPI, UploadsAPI, CommitsAPI, DiscussionsAPI, WebView):
     """The Hub API on top of a [`HubStorage`]: turns a parsed [`Request`] into a [`Response`].
 
@@ -211,11 +164,14 @@ class HubApp(AccessControl, ReposAPI, FilesAPI, UploadsAPI, CommitsAPI, Discussi
         segments = request.segments
         if segments[:1] == ["_hftransfer"]:
             return self._dispatch(request, INTERNAL_ROUTES)
-        if not segments or segments == ["health"]:
+        if segments == ["health"]:
             return _json_response({"status": "ok", "server": "hftransfer hub server"})
         if request.auth_invalid:
             # Same answer as the Hub, which the client reports as a bad token rather than a missing repo.
             raise HubHTTPError(401, "Invalid credentials in Authorization header")
+        if not segments:
+            self._dispatch_method(request, ("GET",))
+            return self.web_index(request)
         if segments[0] == "api":
             return self._dispatch(request, API_ROUTES)
         return self._dispatch(request, GIT_ROUTES + WEB_ROUTES)
@@ -233,6 +189,11 @@ class HubApp(AccessControl, ReposAPI, FilesAPI, UploadsAPI, CommitsAPI, Discussi
         if allowed:
             raise HubHTTPError(405, f"Method {request.method} is not allowed here; use {' or '.join(allowed)}.")
         raise HubHTTPError(404, f"Unknown endpoint {request.method} {urllib.parse.urlsplit(request.target).path}")
+
+    @staticmethod
+    def _dispatch_method(request: Request, allowed: tuple[str, ...]) -> None:
+        if ("GET" if request.method == "HEAD" else request.method) not in allowed:
+            raise HubHTTPError(405, f"Method {request.method} is not allowed here; use {' or '.join(allowed)}.")
 
     # -- small endpoints -----------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ class AccessControl:
     def authenticate(self, request: Request) -> None:
         header = request.headers.get("Authorization", "")
         if not header:
+            request.principal = self.session_principal(request)  # the web view's cookie, for GET/HEAD only
             return
         scheme, _, token = header.partition(" ")
         principal = self.tokens.get(_token_key(token.strip())) if scheme.lower() == "bearer" else None

@@ -5,6 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 
+def _card_body(content: str) -> str:
+    """The card's Markdown without its YAML front matter."""
+    lines = content.lstrip("\ufeff").splitlines()
+    if lines and lines[0].strip() == "---":
+        for index in range(1, len(lines)):
+            if lines[index].strip() == "---":
+                return "\n".join(lines[index + 1 :])
+    return content
+
+
 def _split_front_matter(content: str) -> str | None:
     """The YAML block between the leading `---` lines of a model card, or None when there is none."""
     lines = content.lstrip("\ufeff").splitlines()
