@@ -26,3 +26,11 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = "0" ] && command
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "note: could not install dataset-fashion-mnist; the tests that need it will be skipped" >&2
 fi
+
+# --- chromium (optional): the local Hub server's web-view test runs in a real headless browser ---------------------
+# tests/hub/test_server_web.py skips its browser test, saying why, when chromium is missing.
+if ! command -v chromium >/dev/null && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the headless-browser test of the hub server's web view will be skipped" >&2
+fi
+# --- end chromium -----------------------------------------------------------------------------------------------------
