@@ -2,9 +2,10 @@
 
 [`LocalHubServer`] runs a Hub-compatible HTTP server in a background thread; [`HubServerProcess`] runs the same
 server as a child process (`python -m hftransfer.testing.hub_server`), e.g. to kill it in crash tests. Both work with
-the unmodified `huggingface_hub` client: point it at `server.url` and set `HF_HUB_DISABLE_XET=1`.
+the unmodified `huggingface_hub` client: point it at `server.url` and, when `hf_xet` is installed, set
+`HF_HUB_DISABLE_XET=1` (the server speaks LFS, not Xet). The server is the package `hftransfer.testing.hub_server`.
 
-Imports are lazy so that `python -m hftransfer.testing.hub_server` does not load the server module twice.
+Imports are lazy: `import hftransfer.testing` does not load the server.
 """
 
 from typing import TYPE_CHECKING, Any
