@@ -26,7 +26,7 @@ EXIT_USAGE = 2  # argparse's exit code for bad arguments; also used for bad reci
 _HELP_WIDTH = 100
 _TRUTHY = ("1", "true", "yes", "on")
 # `hftransfer train` options; every other `--...` after `train` is a recipe override.
-_TRAIN_FLAGS = ("--resume", "--print-recipe", "--debug", "-h", "--help")
+_TRAIN_FLAGS = ("--resume", "--print-recipe", "--data", "--output-dir", "--budget", "--debug", "-h", "--help")
 
 
 # --- recipe key documentation ---------------------------------------------------------------------------------------
@@ -141,7 +141,27 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
         parents=[common],
     )
-    train.add_argument("recipe", metavar="RECIPE", help=f"recipe file or shipped name ({recipes})")
+    train.add_argument(
+        "recipe",
+        metavar="RECIPE",
+        nargs="?",
+        default=None,
+        help=f"recipe file or shipped name ({recipes}); without one, --data chooses a recipe from the data",
+    )
+    train.add_argument(
+        "--data",
+        default=None,
+        metavar="SOURCE",
+        help="train on this image folder / CSV / parquet / dataset: with RECIPE it replaces data.dataset, without "
+        "one a recipe is chosen from the data (image size, epochs; see `hftransfer.auto_recipe`)",
+    )
+    train.add_argument("--output-dir", default=None, metavar="DIR", help="same as --training.output_dir DIR")
+    train.add_argument(
+        "--budget",
+        default=None,
+        choices=("cpu", "gpu"),
+        help="compute budget of a recipe chosen from the data (default: gpu when CUDA is available)",
+    )
     train.add_argument(
         "--resume", action="store_true", help="continue an interrupted run in the same training.output_dir"
     )
@@ -170,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SOURCE",
         help="fashion-mnist-subset, fashion-mnist, an image folder, a CSV/JSONL/parquet file or a Hub dataset",
     )
-    evaluate.add_argument("--split", default="test", metavar="SPLIT", help="split to evaluate (default: test)")
+    evaluate.add_argument(
+        "--split",
+        default=None,
+        metavar="SPLIT",
+        help="split to evaluate (default: the split training reported on, from MODEL/metrics.json; else test)",
+    )
     evaluate.add_argument(
         "--batch-size", type=_positive_int, default=64, metavar="N", help="images per forward (default: 64)"
     )
@@ -192,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--max-samples", type=_positive_int, default=None, metavar="N", help="evaluate the first N examples"
     )
+    _add_tta(evaluate)
     _add_device_and_dtype(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -220,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip unreadable/corrupt images (reported on stderr) instead of failing",
     )
+    _add_tta(predict)
     _add_device_and_dtype(predict)
     predict.set_defaults(func=_cmd_predict)
 
@@ -296,6 +323,32 @@ def _add_device_and_dtype(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tta(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tta",
+        nargs="?",
+        const="flip",
+        default=None,
+        choices=("flip", "flip-crops"),
+        help="test-time augmentation: average the probabilities of the image and its mirror (flip, the default of "
+        "a bare --tta) or also of 4 corner crops and the centre crop (flip-crops)",
+    )
+
+
+def _evaluation_split(model: str) -> str:
+    """The split a training run reported its final numbers on (its metrics.json), else `test`."""
+    metrics_file = Path(model).expanduser() / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        return "test"
+    split = metrics.get("evaluation_split") if isinstance(metrics, dict) else None
+    if not isinstance(split, str):
+        final = metrics.get("final") if isinstance(metrics, dict) else None
+        split = "test" if not isinstance(final, dict) or "test" in final else "validation"
+    return split
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -332,7 +385,7 @@ def _check_override_flags(overrides: Sequence[str]) -> None:
             continue
         flag = token.split("=", 1)[0]
         if "." not in flag and flag not in ("--name", "--description"):
-            match = difflib.get_close_matches(flag, ["--resume", "--print-recipe"], n=1, cutoff=0.6)
+            match = difflib.get_close_matches(flag, [f for f in _TRAIN_FLAGS if f.startswith("--")], n=1, cutoff=0.6)
             hint = f" Did you mean '{match[0]}'?" if match else " Recipe overrides look like --section.key VALUE."
             raise RecipeError(f"Unknown option '{flag}' for 'hftransfer train'.{hint}")
 
@@ -349,7 +402,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .recipes import load_recipe
 
     _check_override_flags(args.overrides)
-    recipe = load_recipe(args.recipe, args.overrides)
+    overrides = list(args.overrides)
+    if args.output_dir is not None:
+        overrides = ["--training.output_dir", args.output_dir, *overrides]
+    if args.recipe is None:
+        if args.data is None:
+            raise RecipeError("Give a RECIPE (a file or a shipped name) or --data PATH to train on your own data.")
+        from .auto_recipe import auto_recipe
+        from .recipes import apply_overrides, recipe_from_dict
+
+        recipe = recipe_from_dict(apply_overrides(auto_recipe(args.data, budget=args.budget), overrides))
+    else:
+        if args.data is not None:
+            overrides = ["--data.dataset", args.data, *overrides]
+        recipe = load_recipe(args.recipe, overrides)
     if args.print_recipe:
         sys.stdout.write(recipe.to_yaml())
         return 0
@@ -384,6 +450,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference import CONFUSION_MATRIX_FILE, METRICS_FILE, evaluate_model
 
     _quiet_transformers()
+    if args.split is None:
+        args.split = _evaluation_split(args.model)
+        if args.split != "test":
+            print(
+                f"note: evaluating the {args.split!r} split, the one training reported on (no test split)",
+                file=sys.stderr,
+            )
     output_dir = None if args.no_save else Path(args.output_dir or _default_eval_dir(args.model, args.split))
     metrics = evaluate_model(
         args.model,
@@ -396,6 +469,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         max_samples=args.max_samples,
         device=args.device,
         dtype=args.dtype,
+        tta=args.tta,
     )
     files = [] if output_dir is None else [output_dir / METRICS_FILE, output_dir / CONFUSION_MATRIX_FILE]
     if args.json:
@@ -405,6 +479,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(f"model      {args.model}")
     print(f"data       {metrics['dataset']} [{metrics['split']}], {metrics['num_samples']} images")
+    if metrics.get("tta"):
+        print(f"tta        {metrics['tta']} (averaged probabilities)")
     print(f"loss       {metrics['loss']:.4f}")
     print(f"accuracy   {metrics['accuracy']:.4f}")
     for key in ("f1", "precision", "recall"):
@@ -433,6 +509,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             on_bad_image="skip" if args.skip_bad else "error",
             device=args.device,
             dtype=args.dtype,
+            tta=args.tta,
         )
     except BadImageError as err:
         bad = "; ".join(str(image) for image in err.bad_images)

@@ -316,6 +316,47 @@ def _load_image(item: str | os.PathLike | PIL.Image.Image) -> PIL.Image.Image:
     return convert_to_rgb_image(decode_image(os.fspath(item)))
 
 
+TTA_CHOICES = ("flip", "flip-crops")
+TTA_CROP = 0.875  # corner and centre crops keep 87.5% of each side, then are resized back to the input size
+
+
+def tta_views(pixel_values: torch.Tensor, tta: str | None) -> list[torch.Tensor]:
+    """The test-time augmentation views of a batch: the batch itself, its horizontal flip, and for `flip-crops` the
+    four corner crops and the centre crop (each resized back to the input size, so flatten-pooled models accept it).
+
+    Args:
+        pixel_values (`torch.Tensor`): Prepared images, shape `(batch, channels, height, width)`.
+        tta (`str`, *optional*): `None` (no TTA), `"flip"` or `"flip-crops"`.
+    """
+    if tta is None:
+        return [pixel_values]
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"tta={tta!r} is invalid: expected one of {TTA_CHOICES} or None.")
+    views = [pixel_values, torch.flip(pixel_values, dims=[-1])]
+    if tta == "flip-crops":
+        height, width = pixel_values.shape[-2:]
+        crop_h, crop_w = max(1, round(height * TTA_CROP)), max(1, round(width * TTA_CROP))
+        offsets = [(0, 0), (0, width - crop_w), (height - crop_h, 0), (height - crop_h, width - crop_w)]
+        offsets.append(((height - crop_h) // 2, (width - crop_w) // 2))
+        for top, left in offsets:
+            crop = pixel_values[..., top : top + crop_h, left : left + crop_w]
+            views.append(
+                torch.nn.functional.interpolate(crop, size=(height, width), mode="bilinear", align_corners=False)
+            )
+    return views
+
+
+def _probabilities(model, pixel_values: torch.Tensor, kwargs: dict, multi_label: bool, tta: str | None):
+    """Class probabilities (float32) of a batch, averaged over the test-time augmentation views."""
+    total = None
+    views = tta_views(pixel_values, tta)
+    for view in views:
+        logits = model(pixel_values=view.contiguous(memory_format=_input_memory_format(model)), **kwargs).logits
+        probabilities = logits.float().sigmoid() if multi_label else logits.float().softmax(dim=-1)
+        total = probabilities if total is None else total + probabilities
+    return total / len(views)
+
+
 def predict(
     model: str | os.PathLike | PreTrainedModel,
     image_paths: str | os.PathLike | PIL.Image.Image | Sequence[str | os.PathLike | PIL.Image.Image],
@@ -328,6 +369,7 @@ def predict(
     device: int | str | torch.device | None = None,
     num_workers: int | None = None,
     dtype: str | torch.dtype | None = None,
+    tta: str | None = None,
 ) -> list[dict[str, Any]]:
     """Classify images in batches and return the `top_k` labels of each with their probabilities.
 
@@ -358,6 +400,9 @@ def predict(
         dtype (`str` or `torch.dtype`, *optional*):
             As for `pipeline`: `"auto"`, `"float32"`, `"float16"`, `"bfloat16"`; defaults to the checkpoint's dtype
             (for a model object: its own). Scores are computed in float32 from the logits.
+        tta (`str`, *optional*):
+            Test-time augmentation: `"flip"` (the image and its mirror) or `"flip-crops"` (also the four corner
+            crops and the centre crop); the probabilities of the views are averaged. `None`: one view.
 
     Returns:
         `list[dict]`: one `{"path": str | None, "predictions": [{"label": str, "score": float}, ...]}` per image, in
@@ -425,8 +470,7 @@ def predict(
                 memory_format=memory_format
             )
             kwargs = {"extra_features": extra[indices].to(device)} if extra is not None else {}
-            logits = model(pixel_values=pixel_values, **kwargs).logits.float()
-            probabilities = logits.sigmoid() if multi_label else logits.softmax(dim=-1)
+            probabilities = _probabilities(model, pixel_values, kwargs, multi_label, tta)
             scores, label_ids = probabilities.topk(k, dim=-1)
             for index, row_scores, row_ids in zip(indices, scores.tolist(), label_ids.tolist()):
                 results[index]["predictions"] = [
@@ -503,6 +547,7 @@ def evaluate_model(
     max_samples: int | None = None,
     device: int | str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    tta: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a classifier on one split of a dataset: loss, accuracy, macro F1/precision/recall, per-class
     accuracy and the confusion matrix.
@@ -532,6 +577,9 @@ def evaluate_model(
             As for `pipeline` (`"cuda:1"`, `0`, `-1`, ...); defaults to CUDA when available, else CPU.
         dtype (`str` or `torch.dtype`, *optional*):
             As for `pipeline`: `"auto"`, `"float32"`, `"float16"`, `"bfloat16"`; defaults to the checkpoint's dtype.
+        tta (`str`, *optional*):
+            Test-time augmentation as in [`predict`]: predictions and loss come from the averaged probabilities, and
+            `metrics["tta"]` says which was used.
             The loss and metrics are computed from float32 logits either way.
 
     Returns:
@@ -595,15 +643,19 @@ def evaluate_model(
                 .to(device, input_dtype, non_blocking=True)
                 .contiguous(memory_format=memory_format)
             )
-            logits = model(pixel_values=pixel_values, **kwargs).logits.float().cpu()
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
-            predictions.append(logits.argmax(dim=-1).numpy())
+            probabilities = _probabilities(model, pixel_values, kwargs, False, tta).cpu()
+            # The loss of the averaged probabilities (exactly cross-entropy of the logits without TTA).
+            loss_sum += float(
+                torch.nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(), labels, reduction="sum")
+            )
+            predictions.append(probabilities.argmax(dim=-1).numpy())
             references.append(labels.numpy())
     predictions, references = np.concatenate(predictions), np.concatenate(references)
     metrics = compute_classification_metrics(predictions, references, model_id2label)
     metrics["loss"] = loss_sum / len(references)
     metrics["split"] = split
     metrics["dataset"] = data.source
+    metrics["tta"] = tta
 
     if output_dir is not None:
         from .plots import plot_confusion_matrix
@@ -621,9 +673,11 @@ __all__ = [
     "CONFUSION_MATRIX_FILE",
     "IMAGE_EXTENSIONS",
     "METRICS_FILE",
+    "TTA_CHOICES",
     "InferenceError",
     "collect_image_paths",
     "evaluate_model",
     "load_model_and_processor",
     "predict",
+    "tta_views",
 ]
