@@ -42,6 +42,7 @@ from .trainer import (
     RankChecksumCallback,
     StageCheckpointCallback,
     TransferTrainer,
+    check_finite_weights,
     complete_checkpoints,
     write_json_atomic,
 )
@@ -341,6 +342,7 @@ class StagedFineTuner:
             cutmix_alpha=stage.cutmix_alpha,
             l2sp_strength=stage.l2sp_strength,
             l2sp_reference=self.pretrained_backbone if stage.l2sp_strength > 0 else None,
+            stage_name=stage.name,
         )
         checkpoints = complete_checkpoints(stage_dir) if self.resume else []
         if checkpoints:
@@ -394,6 +396,7 @@ class StagedFineTuner:
             "warnings": training_warnings(validation, self.id2label, f"stage {stage.name}"),
             "log_history": trainer.state.log_history,
         }
+        check_finite_weights(self.model, f"stage {stage.name}'s final model ({stage_dir / 'final'})")
         if self.ranks.is_main_process:
             self._save_pretrained_atomic(self.model, stage_dir / "final", with_processor=False)
             write_json_atomic(stage_dir / STAGE_COMPLETE, record)
@@ -545,6 +548,7 @@ class StagedFineTuner:
             "backbone_weights": self.model.config.backbone_weights,
             "versions": _versions(),
         }
+        check_finite_weights(self.model, f"the final model ({self.output_dir})")
         if self.ranks.is_main_process:
             self._write_outputs(metrics, stage_records)
         self.ranks.barrier()

@@ -12,6 +12,7 @@ from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainerCallback
 
 from .. import _io
+from ..errors import NonFiniteError
 from .freezing import build_parameter_groups
 
 STAGE_MARKER = "hftransfer_stage.json"
@@ -39,6 +40,8 @@ class TransferTrainer(Trainer):
             values in `l2sp_reference` (the pretrained weights); the backbone then gets no plain weight decay.
         l2sp_reference (`dict[str, torch.Tensor]`, *optional*):
             Pretrained backbone tensors by parameter name (required when `l2sp_strength > 0`).
+        stage_name (`str`, *optional*):
+            The stage this Trainer runs, named by the error raised when the training loss becomes NaN or inf.
         **kwargs: Passed to `transformers.Trainer`.
     """
 
@@ -52,8 +55,10 @@ class TransferTrainer(Trainer):
         cutmix_alpha: float = 0.0,
         l2sp_strength: float = 0.0,
         l2sp_reference: dict[str, torch.Tensor] | None = None,
+        stage_name: str | None = None,
         **kwargs,
     ):
+        self.stage_name = stage_name
         self.backbone_lr_scale = backbone_lr_scale
         self.layer_lr_decay = layer_lr_decay
         self.label_smoothing = label_smoothing
@@ -87,6 +92,21 @@ class TransferTrainer(Trainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # The Trainer reads the loss as a Python bool for its NaN filter anyway: this check adds no device sync. All
+        # ranks decide together, so that no rank is left waiting in a collective for one that stopped.
+        bad = torch.logical_not(torch.isfinite(loss.detach()).all()).to(torch.int32).reshape(1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bool(bad.item()):
+            for callback in self.callback_handler.callbacks:  # end the progress bar's line before the error
+                if getattr(callback, "training_bar", None) is not None:
+                    callback.training_bar.close()
+                    callback.training_bar = None
+            raise NonFiniteError(non_finite_loss_message(self.stage_name, self.state, float(loss.detach().max())))
+        return loss
 
     @property
     def regularizes_loss(self) -> bool:
@@ -173,6 +193,31 @@ class RankChecksumCallback(TrainerCallback):
             {"rank": rank, "world_size": world, "stage": self.stage_name, "checksums": checksums},
         )
         return control
+
+
+def non_finite_loss_message(stage_name: str | None, state, value: float) -> str:
+    where = f"Stage {stage_name}" if stage_name else "Training"
+    epoch = f" (epoch {state.epoch:.2f})" if state.epoch is not None else ""
+    return (
+        f"{where}: the training loss is {value} at step {state.global_step + 1}{epoch}; training stopped and no "
+        "final model was saved. Lower the stage's learning_rate (or warmup_ratio > 0, a max_grad_norm, "
+        "precision 'no') and run again."
+    )
+
+
+def check_finite_weights(model: torch.nn.Module, what: str) -> None:
+    """Raise [`NonFiniteError`] naming the tensors of `model` that hold NaN or inf, before `what` is saved."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteError(
+            f"{len(bad)} weight tensors hold NaN or inf ({shown}): {what} was not saved. Lower the learning rate "
+            "and run again."
+        )
 
 
 def write_json_atomic(path: Path, payload) -> None:
