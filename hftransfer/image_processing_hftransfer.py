@@ -1,7 +1,8 @@
 """Image processor of hftransfer models.
 
 This file is copied next to saved checkpoints as remote code: it imports only torch, transformers, PIL/numpy (both
-required by transformers' vision stack) and its sibling configuration file (invariant 1).
+required by transformers' vision stack) and its sibling configuration file (invariant 1), which asks timm for the
+backbone's `pretrained_cfg` (interpolation, crop fraction).
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_utils import PILImageResampling
 from transformers.utils import logging
 
-from .configuration_hftransfer import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, TransferConfig
+from .configuration_hftransfer import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, TransferConfig, timm_pretrained_cfg
 
 logger = logging.get_logger(__name__)
+
+# timm `pretrained_cfg["interpolation"]` -> the processor's resampling filter.
+_TIMM_INTERPOLATION = {
+    "bilinear": PILImageResampling.BILINEAR,
+    "bicubic": PILImageResampling.BICUBIC,
+    "nearest": PILImageResampling.NEAREST,
+    "lanczos": PILImageResampling.LANCZOS,
+}
 
 # `from_pretrained` keyword arguments that say where to read files from (the rest configure the processor).
 _HUB_KWARGS = (
@@ -100,18 +109,25 @@ class TransferImageProcessor(TorchvisionBackend):
 
     @classmethod
     def from_transfer_config(
-        cls, config: TransferConfig, resize_mode: str = "exact", crop_pct: float = 0.875, **kwargs
+        cls, config: TransferConfig, resize_mode: str = "exact", crop_pct: float | None = None, **kwargs
     ) -> TransferImageProcessor:
-        """The processor matching a model config (image size, mean, std).
+        """The processor matching a model config: its image size, mean and std, and the resampling filter and crop
+        fraction of timm's `pretrained_cfg` for the backbone weights (bilinear and 0.875 for VGG).
 
         Args:
             config ([`TransferConfig`]): The model's configuration.
             resize_mode (`str`, *optional*, defaults to `"exact"`):
                 `"exact"` resizes to `image_size` x `image_size`; `"crop"` resizes the shortest edge to
                 `image_size / crop_pct` and center-crops `image_size` (the ImageNet evaluation protocol).
-            crop_pct (`float`, *optional*, defaults to 0.875): Crop fraction for `resize_mode="crop"`.
+            crop_pct (`float`, *optional*):
+                Crop fraction for `resize_mode="crop"`; defaults to the backbone's `pretrained_cfg["crop_pct"]`
+                (0.875 when timm has none).
             kwargs: Other processor attributes (`resample`, `do_convert_rgb`, ...); they override the config's.
         """
+        pretrained_cfg = timm_pretrained_cfg(config.backbone, config.backbone_weights)
+        if crop_pct is None:
+            crop_pct = pretrained_cfg.get("crop_pct") or 0.875
+        resample = _TIMM_INTERPOLATION.get(pretrained_cfg.get("interpolation"), PILImageResampling.BILINEAR)
         side = config.image_size
         if resize_mode == "exact":
             geometry = {"size": {"height": side, "width": side}, "do_center_crop": False}
@@ -127,7 +143,13 @@ class TransferImageProcessor(TorchvisionBackend):
             raise ValueError(f"resize_mode={resize_mode!r} is invalid: expected 'exact' or 'crop'.")
         # Explicit keyword arguments (e.g. `size=...`) win over what the config implies.
         return cls(
-            **{"image_mean": list(config.image_mean), "image_std": list(config.image_std), **geometry, **kwargs}
+            **{
+                "image_mean": list(config.image_mean),
+                "image_std": list(config.image_std),
+                "resample": resample,
+                **geometry,
+                **kwargs,
+            }
         )
 
     @classmethod

@@ -1,4 +1,5 @@
-"""hftransfer models: a timm VGG conv base (no fc6/fc7) with a new classification or fusion head.
+"""hftransfer models: a timm backbone without its classifier (VGG's conv base by default) with a new classification or
+fusion head.
 
 This file is copied next to saved checkpoints as remote code: it imports only torch, timm, transformers and its
 sibling configuration and image processing files (invariant 1).
@@ -6,6 +7,7 @@ sibling configuration and image processing files (invariant 1).
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput, ModelOutput
 
-from .configuration_hftransfer import NUM_BACKBONE_STAGES, TransferConfig
+from .configuration_hftransfer import TransferConfig, backbone_spec, timm_stage_layout, vgg_stage_layout
 from .image_processing_hftransfer import TransferImageProcessor
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -33,12 +35,12 @@ class TransferModelOutput(ModelOutput):
 
     Args:
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`):
-            Output of the last backbone stage (Keras' `block5_pool`).
+            Output of the last backbone stage (Keras' `block5_pool` for VGG).
         pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
             The pooled features the head consumes: the configured pooling of the last stage (classification head) or
             the concatenated global poolings of `config.fusion_stages` (fusion head, without `extra_features`).
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-            Output of each of the five backbone stages.
+            Output of each backbone stage (five for VGG).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -47,90 +49,236 @@ class TransferModelOutput(ModelOutput):
 
 
 class TransferBackbone(nn.Module):
-    """The conv base of a timm VGG, split into its five stages.
+    r"""
+    A timm backbone without its classifier, split into stages, with timm's vocabulary: `feature_info` (channels,
+    reduction and module per stage), `forward_intermediates` (stage outputs) and `group_matcher` (the stage of each
+    parameter).
 
-    Only `features` is kept from the timm model, so the state dict has plain timm keys (`features.0.weight`, ...)
-    and loads into `timm.create_model(name).features` unchanged.
+    The backbone's own state dict has plain timm keys: `features.0.weight`, ... for VGG (only `features` is kept, no
+    fc6/fc7), `conv1.weight`, `layer1.0.conv1.weight`, ... for a ResNet, so its weights load into
+    `timm.create_model(config.backbone)` with only the classifier (and the head-only layers timm's
+    `prune_intermediate_layers` drops, such as a final norm no stage output uses) missing. The modules are the timm
+    model's own (the backbone shares its module, parameter and buffer tables), so timm's `forward_intermediates` runs
+    them unchanged.
+
+    Stages: VGG keeps Keras' five `block{n}_pool` stages (each closed by its max pool). Other models use timm's
+    `feature_info` (one stage per reduction step); ViT-style models, whose blocks all have one stride, are split into
+    four evenly spaced blocks, returned as `NCHW` feature maps of the patch tokens.
 
     Args:
-        config ([`TransferConfig`]): Provides `backbone` and `num_channels`.
+        config ([`TransferConfig`]): Provides `backbone`, `num_channels` and (for fixed-size models) `image_size`.
     """
 
     def __init__(self, config: TransferConfig):
         super().__init__()
-        # Build the whole timm model on the meta device: its fc6/fc7 (`pre_logits`, ~120M parameters) would cost
-        # seconds to allocate and initialise just to be thrown away. Real storage comes from `to_empty` and the
-        # model's `_init_weights` (or the checkpoint, under `from_pretrained`).
+        spec = backbone_spec(config.backbone)
+        self.name = config.backbone
+        self.fixed_input_size = spec.fixed_input_size
         target_device = torch.tensor([]).device
-        with torch.device("meta"):
-            vgg = timm.create_model(config.backbone, pretrained=False, in_chans=config.num_channels)
-        self.features = vgg.features.to_empty(device=target_device)
-        stage_ends = [i for i, layer in enumerate(self.features) if isinstance(layer, nn.MaxPool2d)]
-        self.stage_slices = [
-            (start, end + 1) for start, end in zip([0] + [e + 1 for e in stage_ends[:-1]], stage_ends, strict=True)
-        ]
-        self.stage_channels = [
-            next(m.out_channels for m in reversed(self.features[start:end]) if isinstance(m, nn.Conv2d))
-            for start, end in self.stage_slices
-        ]
+        if spec.is_vgg:
+            # Build the whole timm model on the meta device: its fc6/fc7 (`pre_logits`, ~120M parameters) would cost
+            # seconds to allocate and initialise just to be thrown away. Real storage comes from `to_empty` and the
+            # model's `_init_weights` (or the checkpoint, under `from_pretrained`).
+            with torch.device("meta"):
+                vgg = timm.create_model(config.backbone, pretrained=False, in_chans=config.num_channels)
+            self.features = vgg.features.to_empty(device=target_device)
+            self.stage_slices, feature_info = vgg_stage_layout(self.features)
+            self._timm_model = None
+            self._timm_indices: tuple[int, ...] = ()
+            self._intermediate_kwargs: dict = {}
+        else:
+            kwargs = {"img_size": config.image_size} if spec.accepts_img_size else {}
+            model = timm.create_model(
+                config.backbone, pretrained=False, num_classes=0, in_chans=config.num_channels, **kwargs
+            )
+            feature_info, indices = timm_stage_layout(model)
+            # Drop what no stage output uses (classifier, pre-logits, a final norm): it would hold parameters that
+            # never get a gradient, which DDP rejects and freezing would misreport.
+            model.prune_intermediate_layers(indices, prune_norm=True, prune_head=True)
+            for module in model.modules():
+                module._hftransfer_timm_init = True  # timm initialised these; `_init_weights` leaves them alone
+            # Share the timm model's tables: `backbone.<timm key>` are its parameters, and `.to()`, `to_empty`,
+            # `from_pretrained` or DDP replacing a tensor here replace it in the timm model too.
+            for table in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+                object.__setattr__(self, table, getattr(model, table))
+            object.__setattr__(self, "_timm_model", model)  # not a submodule: its modules are already ours
+            self._timm_indices = tuple(indices)
+            accepted = inspect.signature(model.forward_intermediates).parameters
+            self._intermediate_kwargs = {
+                key: value for key, value in (("norm", False), ("output_fmt", "NCHW")) if key in accepted
+            }
+        self.feature_info: list[dict] = [dict(info) for info in feature_info]
+        self.num_stages = len(self.feature_info)
+        self.stage_channels = [info["num_chs"] for info in self.feature_info]
+        self.stage_reductions = [info["reduction"] for info in self.feature_info]
         self.num_features = self.stage_channels[-1]
+        self._stage_of = self._assign_stages()
+
+    # --- stages of parameters -------------------------------------------------------------------------------------
+    def _assign_stages(self) -> dict[str, int]:
+        """Backbone-relative parameter/buffer name -> stage. A tensor inside a stage's module belongs to it; one
+        between two stage modules (a stem, a transition block) to the stage it feeds; one after the last to the last."""
+        names = []  # parameters and buffers in registration order, module by module
+        for prefix, module in self.named_modules():
+            for tensors in (module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
+                names += [f"{prefix}.{n}" if prefix else n for n, _ in tensors]
+        if self._timm_model is None:
+            return {name: self.stage_of_layer(int(name.split(".")[1])) for name in names}
+        modules = [info["module"] for info in self.feature_info]
+        stages, current = {}, 0
+        for name in names:
+            inside = [s for s, m in enumerate(modules) if name.startswith(m + ".")]
+            if inside:
+                stages[name] = inside[0]
+                current = max(current, inside[0] + 1)
+            else:
+                stages[name] = min(current, self.num_stages - 1)
+        return stages
+
+    def stage_of(self, name: str) -> int | None:
+        """Stage (0-based) of a backbone parameter or buffer, by its name relative to the backbone."""
+        return self._stage_of.get(name)
 
     def stage_of_layer(self, layer_index: int) -> int:
-        """0-based stage that `features[layer_index]` belongs to."""
+        """VGG: 0-based stage that `features[layer_index]` belongs to."""
         for stage, (start, end) in enumerate(self.stage_slices):
             if start <= layer_index < end:
                 return stage
         raise IndexError(f"features[{layer_index}] is outside the {len(self.features)} layers of the backbone")
 
     def stage_parameters(self, stage: int):
-        start, end = self.stage_slices[stage]
-        for layer in self.features[start:end]:
-            yield from layer.parameters()
+        """The parameters of one stage, in order."""
+        for name, param in self.named_parameters():
+            if self._stage_of.get(name) == stage:
+                yield param
 
     def group_matcher(self, coarse: bool = False) -> dict:
-        """timm-style parameter grouping at stage granularity (one group per VGG block)."""
-        return {
-            "blocks": [
-                (rf"^features\.({'|'.join(str(i) for i in range(start, end))})\.", (stage,))
-                for stage, (start, end) in enumerate(self.stage_slices)
-            ]
-        }
+        """timm-style parameter grouping at stage granularity: `{"blocks": [(regex, (stage,)), ...]}`, one entry per
+        stage, matching backbone-relative names (one VGG block, one ResNet layer, ... per group)."""
+        if self._timm_model is None:
+            return {
+                "blocks": [
+                    (rf"^features\.({'|'.join(str(i) for i in range(start, end))})\.", (stage,))
+                    for stage, (start, end) in enumerate(self.stage_slices)
+                ]
+            }
+        units: list[list[str]] = [[] for _ in range(self.num_stages)]
+        names = list(self._stage_of)
+        for name in names:
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # the shortest prefix whose tensors all share this stage
+                prefix = ".".join(parts[:depth])
+                members = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+                if all(self._stage_of[n] == self._stage_of[name] for n in members):
+                    unit = re.escape(prefix) + ("$" if prefix == name else r"\.")
+                    if unit not in units[self._stage_of[name]]:
+                        units[self._stage_of[name]].append(unit)
+                    break
+        return {"blocks": [(rf"^(?:{'|'.join(u)})", (stage,)) for stage, u in enumerate(units) if u]}
+
+    # --- forward --------------------------------------------------------------------------------------------------
+    def _take(self, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+        if indices is None:
+            return list(range(self.num_stages))
+        if isinstance(indices, int):
+            if not 0 < indices <= self.num_stages:
+                raise ValueError(f"indices={indices} is invalid: expected 1..{self.num_stages} (the last n stages).")
+            return list(range(self.num_stages - indices, self.num_stages))
+        take = sorted({i + self.num_stages if i < 0 else i for i in indices})
+        if not take or not all(0 <= i < self.num_stages for i in take):
+            raise ValueError(
+                f"indices={list(indices)} is invalid: expected stage indices in 0..{self.num_stages - 1}."
+            )
+        return take
+
+    def forward_intermediates(
+        self,
+        pixel_values: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        stop_early: bool = False,
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs, as timm's `forward_intermediates`.
+
+        Args:
+            pixel_values (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`): Images.
+            indices (`int` or `list[int]`, *optional*): The last n stages (int), these stages (list), or all (None).
+            stop_early (`bool`, *optional*, defaults to `False`): Stop after the last requested stage.
+            intermediates_only (`bool`, *optional*, defaults to `False`): Return only the stage outputs.
+
+        Returns:
+            The requested stage outputs (`NCHW`, in stage order); unless `intermediates_only`, a tuple of the last
+            stage's output and that list.
+        """
+        take = self._take(indices)
+        wanted = (
+            take
+            if intermediates_only or stop_early or take[-1] == self.num_stages - 1
+            else take + [self.num_stages - 1]
+        )
+        if self._timm_model is None:
+            outputs, hidden = [], pixel_values
+            for stage, (start, end) in enumerate(self.stage_slices[: wanted[-1] + 1]):
+                hidden = self.features[start:end](hidden)
+                if stage in wanted:
+                    outputs.append(hidden)
+        else:
+            outputs = self._timm_model.forward_intermediates(
+                pixel_values,
+                indices=[self._timm_indices[s] for s in wanted],
+                stop_early=True,
+                intermediates_only=True,
+                **self._intermediate_kwargs,
+            )
+        if intermediates_only:
+            return list(outputs)
+        final = outputs[-1]
+        return final, list(outputs[: len(take)])
 
     def forward_stages(self, pixel_values: torch.Tensor, stages: tuple[int, ...] | None = None) -> list[torch.Tensor]:
-        """Run the conv base and return the outputs of the requested stages (all five by default), in order."""
-        stages = tuple(range(NUM_BACKBONE_STAGES)) if stages is None else stages
-        outputs, hidden = [], pixel_values
-        for stage, (start, end) in enumerate(self.stage_slices[: max(stages) + 1]):
-            hidden = self.features[start:end](hidden)
-            if stage in stages:
-                outputs.append(hidden)
-        return outputs
+        """Run the backbone and return the outputs of the requested stages (all by default), in order."""
+        return self.forward_intermediates(pixel_values, stages, stop_early=True, intermediates_only=True)
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Output of the last stage (`block5_pool`), like timm's `VGG.forward_features`."""
-        return self.features(pixel_values)
+        """Output of the last stage (VGG: `block5_pool`, like timm's `VGG.forward_features`)."""
+        if self._timm_model is None:
+            return self.features(pixel_values)
+        return self.forward_intermediates(pixel_values, [self.num_stages - 1], intermediates_only=True)[0]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.forward_features(pixel_values)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self._timm_model is not None:  # the timm model object is not a submodule: give it the mode too
+            self._timm_model.training = mode
+        return self
 
 
 class TransferPooler(nn.Module):
     """Turns backbone stage outputs into the feature vector the head's MLP consumes (no parameters).
 
     Classification head: the configured pooling of the last stage (`"flatten"` keeps every position, like Keras'
-    `Flatten`, in channels-first order). Fusion head: global pooling of each of `config.fusion_stages`, concatenated.
+    `Flatten`, in channels-first order; its size comes from the last stage's channels and reduction). Fusion head:
+    global pooling of each of `config.fusion_stages`, concatenated.
+
+    Args:
+        config ([`TransferConfig`]): Provides `head`, `pooling`, `fusion_stages` and `image_size`.
+        backbone ([`TransferBackbone`]): Provides the channels and reduction of each stage.
     """
 
-    def __init__(self, config: TransferConfig, stage_channels: list[int]):
+    def __init__(self, config: TransferConfig, backbone: TransferBackbone):
         super().__init__()
-        self.stages = tuple(sorted(config.fusion_stages)) if config.head == "fusion" else (NUM_BACKBONE_STAGES - 1,)
+        last = backbone.num_stages - 1
+        self.stages = tuple(sorted(config.fusion_stages)) if config.head == "fusion" else (last,)
+        channels = backbone.stage_channels
         if config.pooling == "flatten":
             self.pool = nn.Flatten(1)
-            spatial = config.image_size // 32
-            self.output_size = stage_channels[-1] * spatial * spatial
+            spatial = config.image_size // backbone.stage_reductions[last]
+            self.output_size = channels[last] * spatial * spatial
         else:
             self.pool = SelectAdaptivePool2d(pool_type=config.pooling, flatten=True)
-            self.output_size = sum(stage_channels[s] for s in self.stages)
+            self.output_size = sum(channels[s] for s in self.stages)
 
     def forward(self, stage_outputs: list[torch.Tensor]) -> torch.Tensor:
         pooled = [self.pool(hidden) for hidden in stage_outputs]
@@ -192,7 +340,10 @@ class TransferPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        # timm's VGG init: the backbone is usually overwritten by pretrained weights, the head is always new.
+        # timm's VGG init: the backbone is usually overwritten by pretrained weights, the head is always new. Other
+        # timm backbones keep the init timm gave them at construction.
+        if getattr(module, "_hftransfer_timm_init", False):
+            return
         if isinstance(module, nn.Conv2d):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             if module.bias is not None:
@@ -242,17 +393,23 @@ class TransferPreTrainedModel(PreTrainedModel):
         self.unfreeze_backbone(last_k_blocks=0)
 
     def unfreeze_backbone(self, last_k_blocks: int | None = None) -> None:
-        """Make the backbone trainable: all of it (`None`) or only its last `last_k_blocks` stages (0..5).
+        """Make the backbone trainable: all of it (`None`) or only its last `last_k_blocks` stages (0..5 for VGG,
+        0..`backbone.num_stages` in general).
 
         Fix the trainable set *before* the model is wrapped for distributed training: DDP only synchronises the
         parameters that required grad when it was built.
         """
-        num_stages = len(self.backbone.stage_slices)
+        num_stages = self.backbone.num_stages
         if last_k_blocks is None:
             last_k_blocks = num_stages
-        if not isinstance(last_k_blocks, int) or not 0 <= last_k_blocks <= num_stages:
+        if (
+            not isinstance(last_k_blocks, int)
+            or isinstance(last_k_blocks, bool)
+            or not 0 <= last_k_blocks <= num_stages
+        ):
             raise ValueError(
-                f"last_k_blocks={last_k_blocks!r} is invalid: expected None or an integer in 0..{num_stages}."
+                f"last_k_blocks={last_k_blocks!r} is invalid: expected None or an integer in 0..{num_stages} "
+                f"({self.config.backbone} has {num_stages} stages)."
             )
         for stage in range(num_stages):
             trainable = stage >= num_stages - last_k_blocks
@@ -265,7 +422,7 @@ class TransferPreTrainedModel(PreTrainedModel):
         """Stages whose parameters all require grad."""
         return [
             stage
-            for stage in range(len(self.backbone.stage_slices))
+            for stage in range(self.backbone.num_stages)
             if all(p.requires_grad for p in self.backbone.stage_parameters(stage))
         ]
 
@@ -288,13 +445,14 @@ class TransferPreTrainedModel(PreTrainedModel):
         return {"blocks": blocks + [(r"^(?!backbone\.)", (len(blocks),))]}
 
     def backbone_stage_of(self, parameter_name: str) -> int | None:
-        """Backbone stage (0..4) a parameter belongs to, or `None` for head parameters."""
-        match = re.match(r"^backbone\.features\.(\d+)\.", parameter_name)
-        return self.backbone.stage_of_layer(int(match.group(1))) if match else None
+        """Backbone stage (0-based; 0..4 for VGG) a parameter belongs to, or `None` for head parameters."""
+        if not parameter_name.startswith("backbone."):
+            return None
+        return self.backbone.stage_of(parameter_name[len("backbone.") :])
 
 
 class TransferModel(TransferPreTrainedModel):
-    """A headless hftransfer model: the VGG conv base and the parameter-free pooler.
+    """A headless hftransfer model: the timm backbone (VGG's conv base by default) and the parameter-free pooler.
 
     Args:
         config ([`TransferConfig`]): Model configuration. Initialising from a config does not load pretrained
@@ -304,7 +462,7 @@ class TransferModel(TransferPreTrainedModel):
     def __init__(self, config: TransferConfig):
         super().__init__(config)
         self.backbone = TransferBackbone(config)
-        self.pooler = TransferPooler(config, self.backbone.stage_channels)
+        self.pooler = TransferPooler(config, self.backbone)
         self.post_init()
 
     def forward(
@@ -318,7 +476,7 @@ class TransferModel(TransferPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        stage_outputs = self.backbone.forward_stages(pixel_values)
+        stage_outputs = self.backbone.forward_intermediates(pixel_values, intermediates_only=True)
         pooled = self.pooler([stage_outputs[s] for s in self.pooler.stages])
         hidden_states = tuple(stage_outputs) if output_hidden_states else None
         if not return_dict:
@@ -329,7 +487,7 @@ class TransferModel(TransferPreTrainedModel):
 
 
 class TransferForImageClassification(TransferPreTrainedModel):
-    """An ImageNet-style VGG conv base with a new classification or fusion head.
+    """An ImageNet-style timm backbone (VGG16's conv base by default) with a new classification or fusion head.
 
     `forward_features` (backbone + pooler, no trainable parameters when the backbone is frozen) and `forward_head`
     split the model where a frozen stage can cache features: `forward(pooled_features=...)` skips the backbone.
@@ -346,16 +504,18 @@ class TransferForImageClassification(TransferPreTrainedModel):
     def __init__(self, config: TransferConfig):
         super().__init__(config)
         self.backbone = TransferBackbone(config)
-        self.pooler = TransferPooler(config, self.backbone.stage_channels)
+        self.pooler = TransferPooler(config, self.backbone)
         self.head = TransferHead(config, self.pooler.output_size)
         self.post_init()
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features, shape `(batch_size, pooler.output_size)`: what a frozen stage can cache."""
-        if self.pooler.stages == (NUM_BACKBONE_STAGES - 1,):
+        if self.pooler.stages == (self.backbone.num_stages - 1,):
             stage_outputs = [self.backbone.forward_features(pixel_values)]
         else:
-            stage_outputs = self.backbone.forward_stages(pixel_values, self.pooler.stages)
+            stage_outputs = self.backbone.forward_intermediates(
+                pixel_values, self.pooler.stages, stop_early=True, intermediates_only=True
+            )
         return self.pooler(stage_outputs)
 
     def forward_head(
@@ -392,9 +552,12 @@ class TransferForImageClassification(TransferPreTrainedModel):
                     f"`pixel_values` has shape {tuple(pixel_values.shape)}, expected (batch_size, "
                     f"{self.config.num_channels}, height, width)."
                 )
-            if self.config.pooling == "flatten" and pixel_values.shape[-2:] != (self.config.image_size,) * 2:
+            fixed = "pooling='flatten'" if self.config.pooling == "flatten" else None
+            if fixed is None and self.backbone.fixed_input_size:
+                fixed = f"backbone {self.config.backbone!r} (position embeddings)"
+            if fixed and pixel_values.shape[-2:] != (self.config.image_size,) * 2:
                 raise ValueError(
-                    f"pooling='flatten' fixes the input size to {self.config.image_size}x{self.config.image_size} "
+                    f"{fixed} fixes the input size to {self.config.image_size}x{self.config.image_size} "
                     f"(config.image_size), got {pixel_values.shape[-2]}x{pixel_values.shape[-1]}."
                 )
             pooled_features = self.forward_features(pixel_values)

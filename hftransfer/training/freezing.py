@@ -47,7 +47,7 @@ def build_parameter_groups(
     that require grad are included (a frozen backbone adds no group), and empty groups are dropped. Each group carries
     its own `lr`, which the scheduler scales.
     """
-    num_stages = len(model.backbone.stage_slices)
+    num_stages = model.backbone.num_stages
     groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:

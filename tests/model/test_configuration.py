@@ -10,8 +10,9 @@ from hftransfer.configuration_hftransfer import SUPPORTED_BACKBONES
 @pytest.mark.parametrize(
     ("kwargs", "field", "expected"),
     [
-        ({"backbone": "resnet50"}, "backbone", "one of vgg11"),
-        ({"backbone": "vgg16_xx"}, "backbone", "one of vgg11"),
+        ({"backbone": "resnet5"}, "backbone", "close matches: resnet50"),
+        ({"backbone": "vgg16_xx"}, "backbone", "close matches: vgg16"),
+        ({"backbone": "resnet50.a1_in1k"}, "backbone", "backbone='resnet50' with backbone_weights='timm/resnet50"),
         ({"image_size": 100}, "image_size", "multiple of 32"),
         ({"image_size": 16}, "image_size", ">= 32"),
         ({"image_mean": [0.5, 0.5]}, "image_mean", "3 numbers"),
