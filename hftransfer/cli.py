@@ -26,7 +26,17 @@ EXIT_USAGE = 2  # argparse's exit code for bad arguments; also used for bad reci
 _HELP_WIDTH = 100
 _TRUTHY = ("1", "true", "yes", "on")
 # `hftransfer train` options; every other `--...` after `train` is a recipe override.
-_TRAIN_FLAGS = ("--resume", "--print-recipe", "--data", "--output-dir", "--budget", "--debug", "-h", "--help")
+_TRAIN_FLAGS = (
+    "--resume",
+    "--allow-recipe-changes",
+    "--print-recipe",
+    "--data",
+    "--output-dir",
+    "--budget",
+    "--debug",
+    "-h",
+    "--help",
+)
 
 
 # --- recipe key documentation ---------------------------------------------------------------------------------------
@@ -164,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--resume", action="store_true", help="continue an interrupted run in the same training.output_dir"
+    )
+    train.add_argument(
+        "--allow-recipe-changes",
+        default="",
+        metavar="KEY,...",
+        help="with --resume: recipe keys that may differ from the recipe that ran although they change results, "
+        "e.g. stages.finetune.epochs,training.seed (fnmatch patterns; '*' allows all). Logging, report_to, loader "
+        "workers, hub and description may always change.",
     )
     train.add_argument(
         "--print-recipe", action="store_true", help="print the resolved recipe (with overrides) as YAML and exit"
@@ -421,7 +439,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from .training import train
 
-    result = train(recipe, resume=args.resume)
+    allowed = [key.strip() for key in args.allow_recipe_changes.split(",") if key.strip()]
+    result = train(recipe, resume=args.resume, allow_recipe_changes=allowed)
     if _is_main_process():
         final = (result.metrics or {}).get("final") or {}
         scores = final.get("test") or final.get("validation") or final

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import importlib.resources
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -466,6 +468,82 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         else:
             raise RecipeError(f"Override {flag} is not of the form --section.key (sections: {', '.join(SECTIONS)}).")
     return data
+
+
+# Keys a resumed run may change: they do not change what is trained or how (logging, reporting, where files go,
+# loader workers, Hub settings, the description). Patterns as for `fnmatch`; stage keys are `stages.<name>.<key>`.
+SAFE_RESUME_KEYS = (
+    "description",
+    "training.output_dir",
+    "training.logging_steps",
+    "training.logging_*",
+    "training.report_to",
+    "training.run_name",
+    "training.disable_tqdm",
+    "training.dataloader_num_workers",
+    "training.dataloader_prefetch_factor",
+    "training.dataloader_persistent_workers",
+    "training.per_device_eval_batch_size",
+    "training.feature_cache_dir",
+    "training.hub_*",
+    "training.push_to_hub",
+    "stages.*.logging_*",
+    "stages.*.disable_tqdm",
+    "stages.*.dataloader_num_workers",
+    "hub.*",
+)
+
+
+def _flatten_for_comparison(recipe: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if key == "stages" and isinstance(value, list):
+            names = [s.get("name") if isinstance(s, dict) else None for s in value]
+            flat["stages"] = names  # the list of stages itself (count, order, names)
+            for index, stage in enumerate(value):
+                if isinstance(stage, dict):
+                    label = stage.get("name") or str(index)
+                    for field_name, field_value in stage.items():
+                        if field_name != "name":
+                            flat[f"stages.{label}.{field_name}"] = field_value
+        elif isinstance(value, dict):
+            for field_name, field_value in value.items():
+                flat[f"{key}.{field_name}"] = field_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def _normalised(recipe: dict[str, Any]) -> dict[str, Any]:
+    # Defaults filled in, values coerced (an older recipe.yaml lacks newer keys); as written if it no longer parses.
+    try:
+        return recipe_from_dict(recipe).to_dict()
+    except RecipeError:
+        return recipe
+
+
+def recipe_changes(
+    ran: dict[str, Any], new: Recipe | dict[str, Any], allowed: Sequence[str] = ()
+) -> list[tuple[str, Any, Any]]:
+    """The keys whose value differs between the recipe that ran and a new one, minus safe and `allowed` keys.
+
+    Args:
+        ran (`dict`): The recipe that ran (the parsed `recipe.yaml` of the output folder).
+        new ([`Recipe`] or `dict`): The recipe of the resuming run.
+        allowed (`Sequence[str]`): Further keys (or `fnmatch` patterns, `*` for all) the user allows to change.
+
+    Returns:
+        `[(key, value that ran, new value), ...]` sorted by key; stage keys read `stages.<name>.<key>`.
+    """
+    before = _flatten_for_comparison(_normalised(ran))
+    after = _flatten_for_comparison(new.to_dict() if isinstance(new, Recipe) else _normalised(new))
+    patterns = (*SAFE_RESUME_KEYS, *allowed)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old_value, new_value = before.get(key, "<unset>"), after.get(key, "<unset>")
+        if old_value != new_value and not any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns):
+            changes.append((key, old_value, new_value))
+    return changes
 
 
 def builtin_recipes_dir() -> Path:

@@ -22,6 +22,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +31,15 @@ import torch
 import torch.distributed as dist
 from transformers import AutoImageProcessor, TrainingArguments, set_seed
 
+from .._io import write_text_atomic
 from ..data import build_transforms
 from ..image_processing_hftransfer import TransferImageProcessor
 from ..metrics import training_warnings
 from ..modeling_hftransfer import TransferForImageClassification
-from ..recipes import Recipe, StageArguments, stage_augmentation
+from ..recipes import Recipe, RecipeError, StageArguments, recipe_changes, stage_augmentation
 from .feature_cache import load_or_compute_features
 from .freezing import apply_stage_trainable, count_parameters
+from .run_lock import RunLock
 from .selection import BEST_MODEL_FILE, ModelSelection, SelectionCallback
 from .trainer import (
     RankChecksumCallback,
@@ -210,12 +213,20 @@ class StagedFineTuner:
         resume (`bool`, *optional*, defaults to `False`):
             Continue an interrupted run in the same `output_dir`: finished stages are skipped (their final weights
             reloaded) and the current stage resumes from its latest complete checkpoint, with optimizer, scheduler
-            and RNG state.
+            and RNG state. The recipe must train as the one that ran (`output_dir/recipe.yaml`): keys that change
+            results are refused unless listed in `allow_recipe_changes`; logging, reporting, loader workers, Hub
+            settings and the description may change.
+        allow_recipe_changes (`Sequence[str]`, *optional*):
+            Recipe keys (`training.seed`, `stages.finetune.epochs`; `fnmatch` patterns, `*` for all) a resumed run may
+            change although they change results.
+
+    While it runs, the main process holds an exclusive lock on `output_dir` (see [`RunLock`]).
     """
 
-    def __init__(self, recipe: Recipe, resume: bool = False):
+    def __init__(self, recipe: Recipe, resume: bool = False, allow_recipe_changes: Sequence[str] = ()):
         self.recipe = recipe
         self.resume = resume
+        self.allow_recipe_changes = tuple(allow_recipe_changes)
         self.ranks = _Ranks()
         self.output_dir = Path(recipe.training.output_dir)
 
@@ -438,10 +449,56 @@ class StagedFineTuner:
                 f"training.output_dir (nothing was overwritten)."
             )
 
+    # --- checks before anything runs -------------------------------------------------------------------------
+    def _preflight(self) -> None:
+        """Checks of the recipe and the launch that can refuse the run before anything is loaded or written."""
+        warning = launch_world_size_warning(_launcher_command_line(), self.ranks.world_size)
+        if warning and self.ranks.is_main_process:
+            logger.warning(warning)
+        check_report_to(self.recipe.training.report_to)
+        if self.recipe.model.init_from:
+            reconcile_init_from(self.recipe)
+
+    def _check_resume_recipe(self) -> None:
+        """--resume continues the run described by output_dir/recipe.yaml: a recipe that trains differently is refused."""
+        ran_path = self.output_dir / "recipe.yaml"
+        if not self.resume or not ran_path.is_file():
+            return
+        from .._io import YAMLLimitError, load_yaml
+
+        try:
+            ran = load_yaml(ran_path.read_bytes(), where=str(ran_path))
+        except (YAMLLimitError, ValueError, OSError) as err:
+            raise RecipeError(f"--resume: cannot read the recipe that ran, {ran_path} ({err}).") from None
+        if not isinstance(ran, dict):
+            raise RecipeError(f"--resume: {ran_path} is not a recipe mapping; cannot tell what ran.")
+        changes = recipe_changes(ran, self.recipe, self.allow_recipe_changes)
+        if changes:
+            listed = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes)
+            keys = ",".join(key for key, _, _ in changes)
+            raise RecipeError(
+                f"--resume: the recipe differs from the one that ran in {self.output_dir} (its recipe.yaml) in "
+                f"{len(changes)} key{'s' if len(changes) > 1 else ''} that change what is trained: {listed}. Resume "
+                f"with the recipe that ran, train into another training.output_dir, or accept the changes with "
+                f"--allow-recipe-changes {keys}. Nothing was changed."
+            )
+
     # --- the run ----------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        self._preflight()
+        # Rank 0 owns output_dir for the whole run; the other ranks of the same launch share it.
+        lock = RunLock(self.output_dir) if self.ranks.is_main_process else contextlib.nullcontext()
+        with lock:
+            return self._run()
+
+    def _run(self) -> TrainResult:
         recipe = self.recipe
+        # Under the lock, before anything in output_dir is written: is it free, or the same run (--resume)?
         self._check_output_dir()
+        self._check_resume_recipe()
+        if self.ranks.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.output_dir / "recipe.yaml", recipe.to_yaml())
         set_seed(recipe.training.seed)
         started = time.perf_counter()
         from ..data import ImageClassificationCollator
@@ -468,9 +525,6 @@ class StagedFineTuner:
         self.eval_transform = build_transforms(self.processor)
         self.collator = ImageClassificationCollator(extra_feature_columns=tuple(recipe.data.extra_feature_columns))
         self.selection = self._model_selection()
-        if self.ranks.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "recipe.yaml").write_text(recipe.to_yaml())
 
         stage_records = []
         for index, stage in enumerate(recipe.stages):
@@ -655,9 +709,154 @@ def _weights_warnings(model: TransferForImageClassification) -> list[str]:
     return warnings
 
 
-def train(recipe: Recipe, resume: bool = False) -> TrainResult:
+def train(recipe: Recipe, resume: bool = False, allow_recipe_changes: Sequence[str] = ()) -> TrainResult:
     """Run a recipe end to end (see [`StagedFineTuner`]); works the same under `accelerate launch`."""
-    return StagedFineTuner(recipe, resume=resume).run()
+    return StagedFineTuner(recipe, resume=resume, allow_recipe_changes=allow_recipe_changes).run()
+
+
+# --- up-front checks ------------------------------------------------------------------------------------------------
+
+# transformers' `report_to` integrations: the module whose presence makes each available, and what to install.
+_INTEGRATION_PACKAGES = {
+    "azure_ml": (("azureml",), "azureml-core"),
+    "comet_ml": (("comet_ml",), "comet-ml"),
+    "mlflow": (("mlflow",), "mlflow"),
+    "neptune": (("neptune",), "neptune"),
+    "tensorboard": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "trackio": (("trackio",), "trackio"),
+    "wandb": (("wandb",), "wandb"),
+    "codecarbon": (("codecarbon",), "codecarbon"),
+    "clearml": (("clearml",), "clearml"),
+    "dagshub": (("dagshub",), "dagshub"),
+    "flyte": (("flytekit",), "flytekit"),
+    "dvclive": (("dvclive",), "dvclive"),
+    "swanlab": (("swanlab",), "swanlab"),
+    "kubeflow": (("kubeflow",), "kubeflow"),
+}
+
+
+def check_report_to(report_to: Sequence[str] | str | None) -> None:
+    """Every `training.report_to` integration is known to transformers and installed; else a [`RecipeError`]."""
+    import importlib.util
+
+    try:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+        known = set(INTEGRATION_TO_CALLBACK)
+    except ImportError:  # pragma: no cover - layout of another transformers version
+        known = set(_INTEGRATION_PACKAGES)
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in known:
+            import difflib
+
+            match = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" Did you mean {match[0]!r}?" if match else ""
+            raise RecipeError(
+                f"training.report_to: {name!r} is not a transformers integration.{hint} Expected 'none', 'all' or "
+                f"some of {', '.join(sorted(known))}."
+            )
+        modules, package = _INTEGRATION_PACKAGES.get(name, ((name,), name))
+        if not any(importlib.util.find_spec(module) is not None for module in modules):
+            raise RecipeError(
+                f"training.report_to: {name!r} needs the {package!r} package, which is not installed: "
+                f"pip install {package}, or remove {name!r} from training.report_to. Nothing was run."
+            )
+
+
+TWO_CPU_RANKS = (
+    "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no "
+    "-m hftransfer train ..."
+)
+
+
+def _launcher_command_line() -> list[str]:
+    """The parent process's arguments (`accelerate launch ...`) where the OS exposes them (Linux), else []."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def launch_world_size_warning(launcher: Sequence[str], world_size: int) -> str | None:
+    """A warning when `accelerate launch` was asked for more processes than this run has ranks, else None."""
+    launcher = list(launcher)
+    if not any(Path(part).name == "accelerate" for part in launcher[:2]) or "launch" not in launcher[:3]:
+        return None
+    asked = None
+    for position, part in enumerate(launcher):
+        flag, _, value = part.partition("=")
+        if flag in ("--num_processes", "--num-processes"):
+            value = value or (launcher[position + 1] if position + 1 < len(launcher) else "")
+            asked = int(value) if value.isdigit() else None
+    if asked is None or asked <= world_size:
+        return None
+    flags = " ".join(part for part in launcher[1:] if part.startswith("--") and "=" not in part)
+    return (
+        f"accelerate launch asked for {asked} processes but this run has world size {world_size} (launcher flags: "
+        f"{flags}): training runs in {world_size} process{'es' if world_size > 1 else ''}. On a machine without "
+        f"GPUs, --cpu --num_processes N starts one process; {asked} CPU ranks (gloo) start with: "
+        + TWO_CPU_RANKS.replace("2", str(asked), 1)
+    )
+
+
+# Architecture keys of `model:` that a model loaded with `model.init_from` brings with it.
+_INIT_FROM_KEYS = (
+    "backbone",
+    "backbone_weights",
+    "image_size",
+    "head",
+    "pooling",
+    "hidden_sizes",
+    "activation",
+    "dropout",
+    "fusion_stages",
+)
+
+
+def reconcile_init_from(recipe: Recipe) -> None:
+    """`model.init_from` keeps the loaded model's architecture: recipe keys left at their defaults take the model's
+    values (so recipe.yaml and the card record what trains); keys the recipe sets differently are a [`RecipeError`].
+    """
+    from ..configuration_hftransfer import TransferConfig
+    from ..recipes import ModelArguments
+
+    init_from = recipe.model.init_from
+    try:
+        config = TransferConfig.from_pretrained(init_from)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"model.init_from={init_from!r} is not a loadable hftransfer model: {err}") from None
+    defaults = ModelArguments()
+
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    conflicts, adopted = [], []
+    for key in _INIT_FROM_KEYS:
+        wanted, loaded = plain(getattr(recipe.model, key)), plain(getattr(config, key, None))
+        if wanted == loaded:
+            continue
+        if wanted == plain(getattr(defaults, key)):
+            adopted.append(f"{key}={loaded!r}")
+            setattr(recipe.model, key, loaded)
+        else:
+            conflicts.append(f"model.{key}={wanted!r} (the model has {loaded!r})")
+    extra = len(recipe.data.extra_feature_columns)
+    if extra != config.extra_features_dim:
+        conflicts.append(
+            f"data.extra_feature_columns gives {extra} extra features (the model takes {config.extra_features_dim})"
+        )
+    if conflicts:
+        raise RecipeError(
+            f"model.init_from={init_from!r} continues training that model with its own architecture, but the recipe "
+            f"asks for {'; '.join(conflicts)}. Remove these keys (or set the model's values), or train a new model "
+            "without model.init_from."
+        )
+    if adopted:
+        logger.info("model.init_from=%r: the recipe takes the model's %s", init_from, ", ".join(adopted))
 
 
 __all__ = ["StagedFineTuner", "TrainResult", "train"]

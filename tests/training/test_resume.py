@@ -97,3 +97,79 @@ def test_sigkill_in_stage_two_then_resume_matches_an_uninterrupted_run(tmp_path,
             assert (checkpoint / "optimizer.pt").exists() and (checkpoint / "trainer_state.json").exists()
     assert not list((tmp_path / "interrupted").rglob("*.tmp"))
     assert load_file(str(tmp_path / "interrupted" / "model.safetensors"))
+
+
+# --- issue 10, item 2: --resume continues the recipe that ran, nothing else ------------------------------------------
+
+
+def _files(folder):
+    # Everything in the run folder but the lock file (which records the last process that held the lock).
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != ".hftransfer.lock"
+    }
+
+
+def test_resume_refuses_a_recipe_that_trains_differently_and_writes_nothing(
+    tmp_path, make_recipe, feature_cache_dir, capsys
+):
+    from hftransfer.cli import main
+
+    output_dir = tmp_path / "out"
+    recipe = make_recipe(
+        output_dir,
+        feature_cache_dir,
+        data={"max_train_samples": 32, "max_eval_samples": 32},
+        stages=[{"name": "frozen", "epochs": 1, "learning_rate": 0.003, "trainable": "head"}],
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(path)]) == 0, capsys.readouterr().err[-3000:]
+    capsys.readouterr()
+    before = _files(output_dir)
+
+    changed = [
+        "--stages.frozen.learning_rate",
+        "0.01",
+        "--data.dataset",
+        str(tmp_path / "other-images"),
+        "--model.hidden_sizes",
+        "[64]",
+    ]
+    code = main(["train", str(path), "--resume", *changed])
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    message = next(line for line in err.splitlines() if line.startswith("error: "))
+    assert "differs from the one that ran in " + str(output_dir) in message
+    for expected in (
+        "data.dataset: 'fashion-mnist-subset' -> ",
+        "model.hidden_sizes: [32] -> [64]",
+        "stages.frozen.learning_rate: 0.003 -> 0.01",
+        "--allow-recipe-changes data.dataset,model.hidden_sizes,stages.frozen.learning_rate",
+    ):
+        assert expected in message, message
+    assert _files(output_dir) == before, "a refused resume writes nothing (recipe.yaml included)"
+
+    # Safe keys may change; others only when allowed explicitly. recipe.yaml then records the recipe that ran on.
+    code = main(
+        [
+            "train",
+            str(path),
+            "--resume",
+            "--training.logging_steps",
+            "5",
+            "--description",
+            "resumed",
+            "--stages.frozen.epochs",
+            "1.0",
+            "--training.seed",
+            "7",
+            "--allow-recipe-changes",
+            "training.seed",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err[-3000:]
+    ran = yaml.safe_load((output_dir / "recipe.yaml").read_text())
+    assert ran["training"]["logging_steps"] == 5 and ran["training"]["seed"] == 7
+    assert ran["description"] == "resumed"
