@@ -47,7 +47,14 @@ import numpy as np
 import torch
 
 from ._io import write_bytes_atomic
-from .configuration_hftransfer import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, SUPPORTED_BACKBONES
+from .configuration_hftransfer import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    SUPPORTED_BACKBONES,
+    VGG_BACKBONES,
+    backbone_spec,
+    timm_pretrained_cfg,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -77,7 +84,9 @@ KERAS_BACKBONES = ("vgg16", "vgg19")
 TORCH_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 KERAS_SUFFIXES = (".h5", ".hdf5", ".onnx")
 
-_TIMM_NAME = re.compile(r"^(?P<arch>vgg\d+(?:_bn)?)(?:\.(?P<tag>[\w-]+))?$")
+_TIMM_NAME = re.compile(r"^(?P<arch>[a-z][a-z0-9_]*)(?:\.(?P<tag>[\w-]+))?$")  # a timm architecture is checked too
+# Tensors timm resamples when the input size differs from the checkpoint's (ViT-style absolute position embeddings).
+_RESAMPLED_KEYS = ("pos_embed",)
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KERAS_CONV = re.compile(r"block(\d+)_conv(\d+)")
 _FEATURES_KEY = re.compile(r"^((?:[^.]+\.)*?)features\.(\d+)\.(\w+)$")
@@ -201,7 +210,8 @@ def _parse_source(source: str | os.PathLike | None) -> _Source:
     )
     if looks_like_path:
         return _parse_path(path)
-    if _TIMM_NAME.match(text):
+    timm_name = _TIMM_NAME.match(text)
+    if timm_name and _is_timm_architecture(timm_name.group("arch")):
         return _Source("hub", text, timm_name=text)
     if _REPO_ID.match(text):
         return _Source("hub", text)
@@ -234,11 +244,34 @@ def _parse_path(path: Path) -> _Source:
     )
 
 
+def _is_timm_architecture(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
 def _check_backbone(backbone: str) -> None:
-    if backbone not in SUPPORTED_BACKBONES:
-        raise BackboneWeightsError(
-            f"backbone={backbone!r} is invalid: expected one of {', '.join(SUPPORTED_BACKBONES)}."
-        )
+    """Any backbone `TransferConfig` accepts (VGG, or a timm model with `forward_intermediates`)."""
+    try:
+        backbone_spec(backbone)
+    except ValueError as exc:
+        raise BackboneWeightsError(str(exc)) from None
+
+
+def _example_timm_weights(backbone: str) -> str:
+    """A timm Hub id for `backbone` to suggest (`timm/vgg16.tv_in1k`, `timm/resnet50.a1_in1k`, ...)."""
+    import timm
+
+    tags = timm.list_pretrained(f"{backbone}.*")
+    return f"timm/{tags[0]}" if tags else f"timm/{backbone}"
+
+
+def _default_normalisation(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """mean/std when the weights do not say: timm's ImageNet defaults for VGG, the `pretrained_cfg` otherwise."""
+    if backbone in VGG_BACKBONES:
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    cfg = timm_pretrained_cfg(backbone)
+    return tuple(cfg.get("mean") or IMAGENET_DEFAULT_MEAN), tuple(cfg.get("std") or IMAGENET_DEFAULT_STD)
 
 
 def _check_keras_backbone(backbone: str) -> None:
@@ -246,7 +279,7 @@ def _check_keras_backbone(backbone: str) -> None:
         raise BackboneWeightsError(
             f"Keras weights cannot initialise backbone={backbone!r}: Keras ships ImageNet weights for "
             f"{' and '.join(KERAS_BACKBONES)} only (no BatchNorm variants). Use backbone='vgg16', or a timm source "
-            f"for {backbone} such as 'timm/{backbone}.tv_in1k' or a local .safetensors file."
+            f"for {backbone} such as '{_example_timm_weights(backbone)}' or a local .safetensors file."
         )
 
 
@@ -257,9 +290,18 @@ def _check_keras_backbone(backbone: str) -> None:
 
 @functools.cache
 def _expected_shapes(backbone: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of timm's conv base (`features.0.weight`, ...), built on the meta device (no memory)."""
+    """Key -> shape of the backbone's state dict, built on the meta device (no memory): timm's conv base for VGG
+    (`features.0.weight`, ...), the timm model without classifier for others (`conv1.weight`, ...; ViT-style
+    position embeddings at the model's default input size)."""
     import timm
 
+    if backbone not in VGG_BACKBONES:
+        from .configuration_hftransfer import TransferConfig
+        from .modeling_hftransfer import TransferBackbone
+
+        with torch.device("meta"):
+            module = TransferBackbone(TransferConfig(backbone=backbone))
+        return {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
     with torch.device("meta"):
         vgg = timm.create_model(backbone, pretrained=False)
     return {f"features.{key}": tuple(tensor.shape) for key, tensor in vgg.features.state_dict().items()}
@@ -299,6 +341,9 @@ def _check_state_dict(state_dict: dict[str, torch.Tensor], backbone: str, origin
         f"{key} {tuple(state_dict[key].shape)} (expected {expected[key]})"
         for key in sorted(set(expected) & set(state_dict), key=_natural_key)
         if tuple(state_dict[key].shape) != expected[key]
+        and not (
+            key in _RESAMPLED_KEYS and backbone not in VGG_BACKBONES and state_dict[key].ndim == len(expected[key])
+        )
     ]
     if missing or unexpected or mismatched:
         problems = []
@@ -310,9 +355,10 @@ def _check_state_dict(state_dict: dict[str, torch.Tensor], backbone: str, origin
             problems.append(f"wrong shapes: {_format_keys(mismatched, limit=4)}")
         fits = _matching_backbones(given_shapes)
         hint = f" These weights fit backbone={fits[0]!r}." if fits else ""
+        first = next(iter(expected))
         raise BackboneWeightsError(
-            f"{origin} does not match the conv base of timm's {backbone!r} (keys like features.0.weight, "
-            f"{len(expected)} tensors): {'; '.join(problems)}.{hint}"
+            f"{origin} does not match the {'conv base' if backbone in VGG_BACKBONES else 'backbone'} of timm's "
+            f"{backbone!r} (keys like {first}, {len(expected)} tensors): {'; '.join(problems)}.{hint}"
         )
     # timm's own key order, so that the state dict reads (and saves) like `features.state_dict()`.
     return {
@@ -403,15 +449,37 @@ def _normalisation_from_metadata(path: Path, metadata: Mapping[str, str]) -> tup
     return None
 
 
+def _extract_timm_backbone(raw: Mapping[str, Any], backbone: str, origin: str) -> dict[str, torch.Tensor]:
+    """Keep the backbone tensors of a timm state dict (classifier and other head-only tensors dropped), found with no
+    prefix, `backbone.` (hftransfer checkpoints), `module.` or `model.`."""
+    expected = [k for k in _expected_shapes(backbone) if not k.endswith("num_batches_tracked")]
+    for prefix in ("", "backbone.", "module.", "model.", "module.backbone."):
+        if all(isinstance(raw.get(prefix + key), torch.Tensor) for key in expected):
+            return {
+                key[len(prefix) :]: value
+                for key, value in raw.items()
+                if isinstance(key, str) and key.startswith(prefix) and key[len(prefix) :] in _expected_shapes(backbone)
+            }
+    missing = [key for key in expected if key not in raw and f"backbone.{key}" not in raw]
+    sample = _format_keys([str(k) for k in list(raw)[:8]])
+    raise BackboneWeightsError(
+        f"{origin} does not hold timm's {backbone!r} backbone (keys like {expected[0]!r}, optionally prefixed with "
+        f"'backbone.'): missing keys: {_format_keys(missing)}; its keys start with: {sample or '(no keys)'}."
+    )
+
+
 def _load_torch_file(path: Path, backbone: str, source: str | None = None) -> BackboneWeights:
     raw, metadata = _read_torch_file(path)
     origin = f"Backbone weights file {path}"
-    features = _extract_features(raw, origin)
+    if backbone in VGG_BACKBONES:
+        features = _extract_features(raw, origin)
+    else:
+        features = _extract_timm_backbone(raw, backbone, origin)
     dropped = len(raw) - len(features)
     if dropped:
         logger.info("%s: kept the %d conv-base tensors, ignored %d others.", path, len(features), dropped)
     state_dict = _check_state_dict(features, backbone, origin)
-    mean, std = _normalisation_from_metadata(path, metadata) or (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+    mean, std = _normalisation_from_metadata(path, metadata) or _default_normalisation(backbone)
     return BackboneWeights(
         state_dict=state_dict,
         image_mean=tuple(float(v) for v in mean),
@@ -1038,7 +1106,7 @@ def load_backbone_weights(
     _check_backbone(backbone)
     parsed = _parse_source(source)
     if parsed.kind == "random":
-        return BackboneWeights(None, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, RANDOM, backbone)
+        return BackboneWeights(None, *_default_normalisation(backbone), RANDOM, backbone)
     if use_cache and parsed.kind in ("keras-imagenet", "keras-file"):
         return _load_cached(parsed, backbone, cache_dir)
     return _load_uncached(parsed, backbone)
@@ -1123,7 +1191,7 @@ def _resolve_backbone_module(model: nn.Module, backbone: str | None) -> tuple[nn
     """The module holding `features` and the timm architecture name of `model` (hftransfer model or timm VGG)."""
     config = getattr(model, "config", None)
     module = getattr(model, "backbone", None)
-    if module is None or not hasattr(module, "features"):
+    if module is None or not (hasattr(module, "features") or hasattr(module, "feature_info")):
         if not hasattr(model, "features"):
             raise BackboneWeightsError(
                 f"{type(model).__name__} has neither a `backbone` with `features` (hftransfer models) nor `features` "
@@ -1141,8 +1209,25 @@ def _resolve_backbone_module(model: nn.Module, backbone: str | None) -> tuple[nn
     return module, name
 
 
+def _resample_position_embeddings(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ViT-style weights learned at another input size: resample `pos_embed` to the module's grid, as timm does."""
+    timm_model = getattr(module, "_timm_model", None)
+    if timm_model is None or "pos_embed" not in state_dict or not hasattr(timm_model, "patch_embed"):
+        return state_dict
+    target = module.state_dict().get("pos_embed")
+    if target is None or tuple(target.shape) == tuple(state_dict["pos_embed"].shape):
+        return state_dict
+    from timm.layers import resample_abs_pos_embed
+
+    prefix_tokens = 0 if getattr(timm_model, "no_embed_class", False) else getattr(timm_model, "num_prefix_tokens", 0)
+    resampled = resample_abs_pos_embed(
+        state_dict["pos_embed"], new_size=timm_model.patch_embed.grid_size, num_prefix_tokens=prefix_tokens
+    )
+    return {**state_dict, "pos_embed": resampled}
+
+
 def _load_into_module(module: nn.Module, weights: BackboneWeights) -> None:
-    state_dict = weights.state_dict
+    state_dict = _resample_position_embeddings(module, weights.state_dict)
     target = module
     if set(module.state_dict()) != set(state_dict) and hasattr(module, "features"):
         # A full timm VGG (with pre_logits and head): load the conv base only.
@@ -1273,7 +1358,9 @@ def _configure_weights_parser(parser: argparse.ArgumentParser) -> argparse.Argum
         ".safetensors/.pth/.pt/.h5/.onnx file",
     )
     parser.add_argument(
-        "--backbone", default="vgg16", choices=SUPPORTED_BACKBONES, help="timm architecture (default: vgg16)"
+        "--backbone",
+        default="vgg16",
+        help="timm architecture: vgg11/13/16/19[_bn] or any timm model with forward_intermediates (default: vgg16)",
     )
     parser.add_argument("--cache-dir", default=None, help=f"cache root (default: ${CACHE_ENV} or ~/.cache/hftransfer)")
     parser.add_argument(
