@@ -36,7 +36,13 @@ class RecipeError(ValueError):
 class ModelArguments:
     """Which backbone, which weights, which head."""
 
-    backbone: str = field(default="vgg16", metadata={"help": "timm VGG conv base: vgg11/13/16/19, optionally _bn."})
+    backbone: str = field(
+        default="vgg16",
+        metadata={
+            "help": "timm backbone: vgg11/13/16/19, optionally _bn (Keras block stages), or any timm model with "
+            "forward_intermediates (resnet50, convnext_tiny, efficientnet_b0, vit_small_patch16_224, ...)."
+        },
+    )
     backbone_weights: str | None = field(
         default="keras-imagenet",
         metadata={
@@ -55,7 +61,8 @@ class ModelArguments:
     activation: str = field(default="relu", metadata={"help": "Activation of the hidden layers."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout after each hidden layer, in [0, 1)."})
     fusion_stages: list[int] | None = field(
-        default=None, metadata={"help": "Backbone stages (0..4) pooled and concatenated by a fusion head."}
+        default=None,
+        metadata={"help": "Backbone stages (0-based; 0..4 for VGG) pooled and concatenated by a fusion head."},
     )
     resize_mode: str = field(
         default="exact", metadata={"help": "'exact' resize to image_size, or 'crop' (shortest edge + center crop)."}
@@ -111,7 +118,9 @@ class StageArguments:
     trainable: str = field(
         default="head", metadata={"help": "'head' (backbone frozen), 'all', or 'last_k' (the last k blocks)."}
     )
-    last_k_blocks: int | None = field(default=None, metadata={"help": "k for trainable='last_k' (1..5)."})
+    last_k_blocks: int | None = field(
+        default=None, metadata={"help": "k for trainable='last_k' (1..number of backbone stages; 5 for VGG)."}
+    )
     backbone_lr_scale: float = field(
         default=1.0, metadata={"help": "Discriminative LR: backbone groups train at learning_rate x this."}
     )
@@ -328,6 +337,16 @@ def stage_augmentation(recipe: Recipe, stage: StageArguments) -> str | dict:
     return recipe.data.augmentation if stage.augmentation is None else stage.augmentation
 
 
+def _backbone_num_stages(recipe: Recipe) -> int:
+    """Number of stages of the recipe's backbone (5 for VGG), from timm's layout of it."""
+    from .configuration_hftransfer import backbone_spec
+
+    try:
+        return backbone_spec(recipe.model.backbone).num_stages
+    except ValueError as exc:
+        raise RecipeError(f"model.backbone: {exc}") from None
+
+
 def _validate(recipe: Recipe) -> None:
     if not recipe.stages:
         raise RecipeError("Recipe has no stages: expected at least one entry under 'stages'.")
@@ -340,8 +359,13 @@ def _validate(recipe: Recipe) -> None:
             raise RecipeError(
                 f"{where}.trainable={stage.trainable!r} is invalid: expected one of {TRAINABLE_CHOICES}."
             )
-        if stage.trainable == "last_k" and (stage.last_k_blocks is None or not 1 <= stage.last_k_blocks <= 5):
-            raise RecipeError(f"{where}.last_k_blocks={stage.last_k_blocks!r} is invalid: expected 1..5 with last_k.")
+        if stage.trainable == "last_k":
+            num_stages = _backbone_num_stages(recipe)
+            if stage.last_k_blocks is None or not 1 <= stage.last_k_blocks <= num_stages:
+                raise RecipeError(
+                    f"{where}.last_k_blocks={stage.last_k_blocks!r} is invalid: expected 1..{num_stages} with last_k "
+                    f"({recipe.model.backbone} has {num_stages} stages)."
+                )
         if stage.epochs <= 0 and stage.max_steps <= 0:
             raise RecipeError(f"{where}: set epochs > 0 or max_steps > 0.")
         if stage.learning_rate <= 0:
@@ -382,6 +406,12 @@ def _validate(recipe: Recipe) -> None:
         )
     if recipe.data.on_bad_image not in ("error", "skip"):
         raise RecipeError(f"data.on_bad_image={recipe.data.on_bad_image!r} is invalid: expected 'error' or 'skip'.")
+    for key in ("max_train_samples", "max_eval_samples"):
+        value = getattr(recipe.data, key)
+        if value is not None and value < 1:
+            raise RecipeError(
+                f"data.{key}={value!r} is invalid: expected a positive number of images, or null for all of them."
+            )
     if not 0 < recipe.data.validation_split < 1:
         raise RecipeError(f"data.validation_split={recipe.data.validation_split!r} is invalid: expected in (0, 1).")
     if recipe.training.precision not in PRECISION_CHOICES:
@@ -451,7 +481,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if path[0] == "stages":
             if len(path) != 3:
                 raise RecipeError(f"Stage overrides look like --stages.<index|name>.<key>, got {flag}.")
-            stages = [dict(s) for s in data.get("stages") or [dataclasses.asdict(s) for s in Recipe().stages]]
+            given = data.get("stages")
+            if given is not None and (
+                not isinstance(given, list) or not all(isinstance(stage, dict) for stage in given)
+            ):
+                raise RecipeError(
+                    f"{flag}: the recipe's 'stages' must be a list of stage mappings (- name: frozen ...), got "
+                    f"{'a mapping' if isinstance(given, dict) else type(given).__name__}; stage overrides address "
+                    "list entries by index or name."
+                )
+            stages = [dict(s) for s in given or [dataclasses.asdict(s) for s in Recipe().stages]]
             names = [s.get("name") for s in stages]
             selector = path[1]
             index = int(selector) if selector.isdigit() else (names.index(selector) if selector in names else None)

@@ -243,3 +243,45 @@ def test_recipe_dataclasses_document_every_key():
     for cls in (*SECTIONS.values(), StageArguments):
         for field in dataclasses.fields(cls):
             assert field.metadata.get("help"), f"{cls.__name__}.{field.name} has no help"
+
+
+# --- issue 10, item 14: clear errors instead of tracebacks from deep inside training ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe_text, overrides, message",
+    [
+        (
+            "data:\n  max_train_samples: 0\n",
+            [],
+            "error: data.max_train_samples=0 is invalid: expected a positive number of images, or null for all of them.",
+        ),
+        (
+            "data:\n  max_eval_samples: -5\n",
+            [],
+            "error: data.max_eval_samples=-5 is invalid: expected a positive number of images, or null for all of them.",
+        ),
+        (
+            "stages:\n- name: frozen\n  epochs: .nan\n",
+            [],
+            "error: stages[0].epochs=nan is invalid: expected a finite number.",
+        ),
+        (
+            "stages:\n  frozen:\n    epochs: 1\n",
+            ["--stages.frozen.epochs", "2"],
+            "error: --stages.frozen.epochs: the recipe's 'stages' must be a list of stage mappings (- name: frozen ...), "
+            "got a mapping; stage overrides address list entries by index or name.",
+        ),
+    ],
+)
+def test_bad_sample_counts_nan_epochs_and_mapping_stages_are_clear_errors(
+    tmp_path, capsys, recipe_text, overrides, message
+):
+    from hftransfer.cli import main
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe_text + f"training:\n  output_dir: {tmp_path / 'out'}\n")
+    assert main(["train", str(path), *overrides, "--print-recipe"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == message
+    assert not (tmp_path / "out").exists()
