@@ -3,7 +3,10 @@
 VGG's conv base has no dropout and, frozen, no BatchNorm updates, so with deterministic transforms the pooled
 features of an image never change during the stage: training the head on cached features gives the same result as
 recomputing them (tests/training prove it). The cache lives on disk, keyed by backbone weights + pooling + image
-processor settings + dataset fingerprint, written atomically and rebuilt when any of those change.
+processor settings + dataset fingerprint + a hash of the image content (an image folder's rows hold paths: a file
+replaced in place, even with its size and mtime kept, changes the key), written atomically and rebuilt when any of
+those change. The file carries a SHA-256 of its tensors, verified on load; a file that fails it, or whose labels do
+not fit the model, is recomputed with a warning.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .._io import replace_with_umask_mode
 from ..image_processing_hftransfer import TransferImageProcessor
 from ..modeling_hftransfer import TransferForImageClassification
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -70,17 +74,79 @@ class CachedFeatureDataset(Dataset):
         return {name: values[index] for name, values in self.tensors.items()}
 
 
-def _read_cache(path: Path, expected_rows: int) -> dict[str, torch.Tensor] | None:
+def image_content_fingerprint(dataset, column: str = "image") -> str:
+    """SHA-256 of every image's encoded bytes, in row order: the image bytes a row stores, else its file's bytes.
+
+    A dataset's fingerprint covers what its table holds; for an image folder that is paths, not pixels. Reading the
+    files once per run costs far less than one backbone pass over them.
+    """
+    from datasets import Image
+
+    digest = hashlib.sha256()
+    if column not in getattr(dataset, "column_names", ()):
+        return "no-images"
+    raw = dataset.select_columns([column])
+    if isinstance(raw.features[column], Image):
+        raw = raw.cast_column(column, Image(decode=False))
+    for batch in raw.iter(batch_size=256):
+        for value in batch[column]:
+            value = value or {}
+            data = value.get("bytes") if isinstance(value, dict) else None
+            if data is None and isinstance(value, dict) and value.get("path"):
+                try:
+                    file_hash = hashlib.sha256()
+                    with open(value["path"], "rb") as handle:
+                        for chunk in iter(lambda: handle.read(1 << 20), b""):
+                            file_hash.update(chunk)
+                    file_digest = file_hash.digest()
+                except OSError as err:
+                    file_digest = f"unreadable:{value['path']}:{err.errno}".encode()
+                digest.update(b"f" + file_digest)
+            else:
+                digest.update(b"b" + hashlib.sha256(data or repr(value).encode()).digest())
+    return digest.hexdigest()
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of `tensors` (stored in the cache file's metadata)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, expected_rows: int, num_labels: int | None = None) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
         return None
     try:
         tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
     except (SafetensorError, OSError, RuntimeError) as err:  # truncated or corrupt: rebuild, never trust it
         logger.warning("Ignoring unreadable feature cache %s (%s); recomputing.", path, err)
         return None
     if "pooled_features" not in tensors or len(tensors["pooled_features"]) != expected_rows:
         logger.warning(
             "Feature cache %s does not match the dataset (%d rows expected); recomputing.", path, expected_rows
+        )
+        return None
+    if metadata.get("sha256") != tensors_checksum(tensors):
+        logger.warning("Feature cache %s fails its checksum (damaged or edited); recomputing.", path)
+        return None
+    labels = tensors.get("labels")
+    if (
+        labels is None
+        or labels.dtype not in (torch.int64, torch.int32)
+        or labels.shape != (expected_rows,)
+        or any(len(values) != expected_rows for values in tensors.values())
+        or (expected_rows and (int(labels.min()) < 0 or (num_labels is not None and int(labels.max()) >= num_labels)))
+    ):
+        logger.warning(
+            "Feature cache %s holds labels or rows that do not fit the model (%s classes); recomputing.",
+            path,
+            num_labels,
         )
         return None
     return tensors
@@ -142,15 +208,16 @@ def load_or_compute_features(
     key = feature_cache_key(model, processor, f"{dataset_fingerprint}|extra={extra_columns}")
     path = cache_dir / f"{key}.safetensors"
     with FileLock(str(path) + ".lock"):
-        tensors = _read_cache(path, len(dataset))
+        tensors = _read_cache(path, len(dataset), getattr(model.config, "num_labels", None))
         computed = tensors is None
         if computed:
             tensors = compute_features(model, dataset, collate_fn, batch_size, num_workers, device, description)
             fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{key}.", suffix=".tmp")
             os.close(fd)
             try:
-                save_file(tensors, tmp_name, metadata={"key": key, "rows": str(len(dataset))})
-                os.replace(tmp_name, path)
+                metadata = {"key": key, "rows": str(len(dataset)), "sha256": tensors_checksum(tensors)}
+                save_file(tensors, tmp_name, metadata=metadata)
+                replace_with_umask_mode(tmp_name, path)
             finally:
                 if os.path.exists(tmp_name):
                     os.unlink(tmp_name)

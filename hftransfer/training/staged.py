@@ -37,7 +37,7 @@ from ..image_processing_hftransfer import TransferImageProcessor
 from ..metrics import training_warnings
 from ..modeling_hftransfer import TransferForImageClassification
 from ..recipes import Recipe, RecipeError, StageArguments, recipe_changes, stage_augmentation
-from .feature_cache import load_or_compute_features
+from .feature_cache import image_content_fingerprint, load_or_compute_features
 from .freezing import apply_stage_trainable, count_parameters
 from .run_lock import RunLock
 from .selection import BEST_MODEL_FILE, ModelSelection, SelectionCallback
@@ -272,7 +272,7 @@ class StagedFineTuner:
                     self.model,
                     self.processor,
                     self.data.splits[split].with_transform(self.eval_transform),
-                    self.data.splits[split]._fingerprint,
+                    f"{self.data.splits[split]._fingerprint}|images={self._image_content(split)}",
                     self.collator,
                     batch_size=self.recipe.training.per_device_eval_batch_size,
                     num_workers=self.recipe.training.dataloader_num_workers,
@@ -285,6 +285,13 @@ class StagedFineTuner:
             )
             cached[split] = dataset
         return cached["train"], cached["validation"], None
+
+    def _image_content(self, split: str) -> str:
+        """The split's image-content hash (part of the feature-cache key), computed once per run."""
+        hashes = self.__dict__.setdefault("_image_hashes", {})
+        if split not in hashes:
+            hashes[split] = image_content_fingerprint(self.data.splits[split])
+        return hashes[split]
 
     def _stage_plan(self, stage: StageArguments):
         """The stage's training transform and whether it trains the head on cached features (and why not)."""
