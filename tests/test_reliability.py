@@ -94,7 +94,17 @@ def test_outputs_of_a_run_respect_the_umask(tmp_path, tiny_model, umask_002):
         BackboneWeights(state, (0.5,) * 3, (0.5,) * 3, "test", "vgg16"), run / "backbone.safetensors"
     )
 
+    # The final model and the stages' final/ folders are saved through StagedFineTuner._save_pretrained_atomic.
+    from hftransfer.training.staged import StagedFineTuner
+
+    saver = StagedFineTuner.__new__(StagedFineTuner)
+    saver.processor = TransferImageProcessor.from_pretrained(tiny_model)
+    saver._save_pretrained_atomic(TransferForImageClassification.from_pretrained(tiny_model), run / "final")
+
     names = [
+        "final/model.safetensors",
+        "final/config.json",
+        "final/preprocessor_config.json",
         "README.md",
         "training_curves.png",
         "confusion_matrix.png",
@@ -104,6 +114,39 @@ def test_outputs_of_a_run_respect_the_umask(tmp_path, tiny_model, umask_002):
     ]
     assert {name: oct(_mode(run / name)) for name in names} == {name: oct(umask_002) for name in names}
     assert not list(run.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_every_file_of_a_training_run_respects_the_umask(tmp_path, umask_002, session_dir):
+    """A real run: final model, stage finals, checkpoints, best model, recipe.yaml, cached features: all 0664."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("training_conftest", Path(__file__).parent / "training/conftest.py")
+    training_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(training_conftest)
+    tiny_recipe = training_conftest.tiny_recipe
+
+    from hftransfer.recipes import recipe_from_dict
+    from hftransfer.training import train
+
+    cache_dir = tmp_path / "features"
+    recipe = tiny_recipe(
+        tmp_path / "out",
+        cache_dir,
+        data={"max_train_samples": 32, "max_eval_samples": 32},
+        stages=[
+            {"name": "frozen", "epochs": 1, "learning_rate": 0.003, "trainable": "head"},
+            {"name": "finetune", "max_steps": 1, "learning_rate": 0.001, "trainable": "last_k", "last_k_blocks": 1},
+        ],
+    )
+    train(recipe_from_dict(recipe))
+    files = [p for root in (tmp_path / "out", cache_dir) for p in root.rglob("*") if p.is_file()]
+    wrong = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in files if _mode(p) != umask_002}
+    assert wrong == {}
+    for name in ("model.safetensors", "recipe.yaml", "stages/01-finetune/final/model.safetensors"):
+        assert (tmp_path / "out" / name).is_file()
+    assert list((tmp_path / "out" / "stages").glob("*/checkpoint-*/model.safetensors"))
+    assert list(cache_dir.glob("*.safetensors"))
 
 
 def test_apply_umask_mode_fixes_save_pretrained_outputs(tmp_path, tiny_model, umask_002):

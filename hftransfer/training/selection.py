@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
+from .. import _io
 from ..recipes import SELECTION_METRICS
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class ModelSelection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         save_file(tensors, str(tmp), metadata={"selected": json.dumps(asdict(self.best))})
-        os.replace(tmp, self.path)  # a reader (or a resumed run) sees the old best or the new one, never half
+        # A reader (or a resumed run) sees the old best or the new one, never half; save_file leaves mode 0600.
+        _io.replace_with_umask_mode(tmp, self.path)
 
     def restore(self) -> Evaluation | None:
         """Read the best evaluation recorded by an earlier (interrupted) run of the same output dir, if any."""

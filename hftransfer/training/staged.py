@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from transformers import AutoImageProcessor, TrainingArguments, set_seed
 
-from .._io import write_text_atomic
+from .._io import replace_with_umask_mode, write_text_atomic
 from ..data import build_transforms
 from ..image_processing_hftransfer import TransferImageProcessor
 from ..metrics import training_warnings
@@ -446,7 +446,8 @@ class StagedFineTuner:
             if with_processor:
                 self.processor.save_pretrained(tmp)
             for item in Path(tmp).iterdir():
-                os.replace(item, target / item.name)
+                # safetensors writes model.safetensors through a 0600 temporary file: give it the umask's mode.
+                replace_with_umask_mode(item, target / item.name)
 
     def _check_output_dir(self) -> None:
         stages_dir = self.output_dir / "stages"

@@ -165,6 +165,7 @@ class StageCheckpointCallback(TrainerCallback):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 payload = {"stage_index": self.stage_index, "stage_name": self.stage_name, "step": state.global_step}
+                _io.apply_umask_mode(checkpoint)  # the Trainer's files (model.safetensors: 0600) before the marker
                 write_json_atomic(checkpoint / STAGE_MARKER, payload)
         return control
 
