@@ -47,6 +47,7 @@ from .trainer import (
     TransferTrainer,
     check_finite_weights,
     complete_checkpoints,
+    quiet_progress_bars,
     write_json_atomic,
 )
 
@@ -442,7 +443,8 @@ class StagedFineTuner:
         """save_pretrained into a temp folder, then move each file into place (no half-written model)."""
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-            model.save_pretrained(tmp)
+            with quiet_progress_bars():
+                model.save_pretrained(tmp)
             if with_processor:
                 self.processor.save_pretrained(tmp)
             for item in Path(tmp).iterdir():

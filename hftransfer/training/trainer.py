@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -16,6 +18,39 @@ from ..errors import NonFiniteError
 from .freezing import build_parameter_groups
 
 STAGE_MARKER = "hftransfer_stage.json"
+
+
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """transformers' own progress bars off inside the block ("Writing model shards" for every small save)."""
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
+class _DropMessages(logging.Filter):
+    """Drops log records whose message contains one of `fragments`."""
+
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in str(record.msg) for fragment in self.fragments)
+
+
+def _silence_checkpoint_sorting_warning() -> None:
+    # Checkpoints saved less than a second apart (small stages) make transformers warn "mtime may not be reliable on
+    # this filesystem" and sort by step number, which is the right order for stage checkpoints anyway.
+    trainer_utils_logger = logging.getLogger("transformers.trainer_utils")
+    if not any(isinstance(f, _DropMessages) for f in trainer_utils_logger.filters):
+        trainer_utils_logger.addFilter(_DropMessages("mtime may not be reliable"))
 
 
 class TransferTrainer(Trainer):
@@ -66,6 +101,7 @@ class TransferTrainer(Trainer):
         if l2sp_strength > 0 and not l2sp_reference:
             raise ValueError("l2sp_strength > 0 needs l2sp_reference: the pretrained backbone tensors by name.")
         self.l2sp_reference = l2sp_reference or {}
+        _silence_checkpoint_sorting_warning()
         super().__init__(*args, **kwargs)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
@@ -92,6 +128,11 @@ class TransferTrainer(Trainer):
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
         return self.optimizer
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # A checkpoint is a routine save: no "Writing model shards" progress bar for each one.
+        with quiet_progress_bars():
+            super()._save(output_dir, state_dict=state_dict)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
