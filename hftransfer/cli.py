@@ -88,7 +88,8 @@ def recipe_keys_help() -> str:
     for section, cls in SECTIONS.items():
         lines += ["", f"{section}: {cls.__doc__.strip()}"]
         for field in dataclasses.fields(cls):
-            lines += _key_lines(f"--{section}.{field.name}", field)
+            if not field.metadata.get("passthrough"):
+                lines += _key_lines(f"--{section}.{field.name}", field)
     default_stages = ", ".join(f"{i}={s.name}" for i, s in enumerate(Recipe().stages))
     lines += [""] + textwrap.wrap(
         f"stages: {StageArguments.__doc__.strip()} Address a stage by index or name, e.g. --stages.0.epochs 2 or "
@@ -96,7 +97,11 @@ def recipe_keys_help() -> str:
         width=_HELP_WIDTH,
     )
     for field in dataclasses.fields(StageArguments):
-        lines += _key_lines(f"--stages.<index|name>.{field.name}", field)
+        if not field.metadata.get("passthrough"):
+            lines += _key_lines(f"--stages.<index|name>.{field.name}", field)
+    from .recipes import passthrough_keys_help
+
+    lines += ["", *passthrough_keys_help(_HELP_WIDTH)]
     return "\n".join(lines)
 
 

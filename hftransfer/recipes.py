@@ -159,11 +159,18 @@ class StageArguments:
             "1: off."
         },
     )
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "transformers TrainingArguments fields set for this stage only (written as plain stage keys).",
+            "passthrough": True,
+        },
+    )
 
 
 @dataclass
 class TrainingArguments:
-    """Settings shared by all stages (a subset of transformers' `TrainingArguments`)."""
+    """Settings shared by all stages. Any other field of transformers' `TrainingArguments` may be set here too."""
 
     output_dir: str = field(default="outputs/hftransfer", metadata={"help": "Where models, metrics, plots go."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device for training."})
@@ -194,6 +201,13 @@ class TrainingArguments:
         metadata={
             "help": "'best': the final model is the best validation evaluation across all stages (each stage starts "
             "from the best model so far); 'last': the model as the last stage ends."
+        },
+    )
+    trainer_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "transformers TrainingArguments fields set for every stage (written as plain training keys).",
+            "passthrough": True,
         },
     )
 
@@ -227,7 +241,11 @@ class Recipe:
     hub: HubArguments = field(default_factory=HubArguments)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        # Pass-through TrainingArguments fields are written as plain keys of their section, as a user writes them.
+        for section in (data["training"], *data["stages"]):
+            section.update(section.pop(PASSTHROUGH_FIELD))
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -308,13 +326,209 @@ def _build_section(section: str, cls: type, values: Any) -> Any:
         raise RecipeError(
             f"Recipe section '{section}' must be a mapping of keys to values, got {type(values).__name__}."
         )
-    valid = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    valid = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("passthrough")}
+    passthrough = cls in (TrainingArguments, StageArguments)
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in valid:
-            raise RecipeError(f"Unknown key '{section}.{key}' in recipe.{_closest(key, list(valid))}")
-        kwargs[key] = _coerce(f"{section}.{key}", value, valid[key].type)
+        if key in valid:
+            kwargs[key] = _coerce(f"{section}.{key}", value, valid[key].type)
+        elif passthrough and key in transformers_training_fields():
+            extra[key] = _coerce_passthrough(section, key, value, cls is StageArguments)
+        else:
+            candidates = list(valid) + (list(transformers_training_fields()) if passthrough else [])
+            raise RecipeError(f"Unknown key '{section}.{key}' in recipe.{_closest(key, candidates)}")
+    if passthrough:
+        kwargs[PASSTHROUGH_FIELD] = extra
     return cls(**kwargs)
+
+
+# --- transformers TrainingArguments pass-through ---------------------------------------------------------------------
+
+PASSTHROUGH_FIELD = "trainer_args"
+# TrainingArguments fields hftransfer sets from its own keys (or needs as they are): where to set them instead.
+RESERVED_TRAINER_FIELDS = {
+    "num_train_epochs": "stages[].epochs",
+    "optim": "stages[].optimizer",
+    "warmup_steps": "stages[].warmup_ratio",
+    "bf16": "training.precision",
+    "fp16": "training.precision",
+    "load_best_model_at_end": "training.model_selection",
+    "greater_is_better": "training.metric_for_best_model (the direction follows the metric)",
+    "resume_from_checkpoint": "hftransfer train --resume",
+    "push_to_hub": "hub.push_to_hub (hftransfer pushes the final model, card and artifacts)",
+    "remove_unused_columns": "nothing: hftransfer's collator needs every column",
+    "label_names": "nothing: hftransfer's models take `labels`",
+    "local_rank": "nothing: the launcher sets it",
+    "label_smoothing_factor": "stages[].label_smoothing",
+}
+# hftransfer keys of `training:` that hold for all stages and cannot differ per stage.
+RUN_WIDE_TRAINER_FIELDS = (
+    "output_dir",
+    "seed",
+    "data_seed",
+    "eval_strategy",
+    "metric_for_best_model",
+    "use_cpu",
+    "report_to",
+)
+
+
+def transformers_training_fields() -> dict[str, dataclasses.Field]:
+    """The fields of the installed `transformers.TrainingArguments` a recipe may set, by name (read once)."""
+    global _TRAINER_FIELDS
+    if _TRAINER_FIELDS is None:
+        import transformers
+
+        _TRAINER_FIELDS = {f.name: f for f in dataclasses.fields(transformers.TrainingArguments) if f.init}
+    return _TRAINER_FIELDS
+
+
+_TRAINER_FIELDS: dict[str, dataclasses.Field] | None = None
+_TRAINER_HINTS: dict[str, Any] | None = None
+
+
+def _trainer_type(name: str) -> Any:
+    global _TRAINER_HINTS
+    if _TRAINER_HINTS is None:
+        import typing
+
+        import transformers
+
+        try:
+            _TRAINER_HINTS = typing.get_type_hints(transformers.TrainingArguments)
+        except Exception:  # noqa: BLE001 - a forward reference of another version: fall back to the raw annotations
+            _TRAINER_HINTS = {n: f.type for n, f in transformers_training_fields().items()}
+    return _TRAINER_HINTS.get(name, Any)
+
+
+def trainer_type_name(annotation: Any) -> str:
+    """`int`, `float`, `str`, `bool`, `dict | str`, `list[str]`, `choice of a, b` ... for help and errors."""
+    import enum
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums:
+            return "one of " + ", ".join(str(m.value) for m in enums[0])
+        return " | ".join(trainer_type_name(a) for a in args)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (list, dict):
+        return f"{typing.get_origin(annotation).__name__}[{', '.join(trainer_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _coerce_to(value: Any, annotation: Any) -> Any:
+    """`value` as `annotation` (a TrainingArguments type); ValueError when it is not one."""
+    import enum
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any or annotation is typing.Any:
+        return value
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ValueError
+        enums = [a for a in args if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and isinstance(value, str):
+            choices = [m.value for m in enums[0]]
+            if value not in choices:
+                raise ValueError(f"expected one of {', '.join(map(str, choices))}")
+            return value
+        # Exact type first (a bool stays a bool, 2 stays an int), then conversions.
+        for arg in args:
+            if isinstance(arg, type) and not issubclass(arg, enum.Enum) and type(value) is arg:
+                return value
+        for arg in args:
+            if arg is type(None) or (isinstance(arg, type) and issubclass(arg, enum.Enum)):
+                continue
+            try:
+                return _coerce_to(value, arg)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ValueError(f"expected one of {', '.join(map(repr, args))}")
+    if value is None:
+        raise ValueError
+    if origin is list or annotation is list:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        return [_coerce_to(v, args[0]) if args else v for v in value]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ValueError
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError
+    if annotation is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list, bool)):
+            raise ValueError
+        return str(value)
+    return value  # a type hftransfer does not know how to check (e.g. ParallelismConfig): transformers checks it
+
+
+def _coerce_passthrough(section: str, key: str, value: Any, in_stage: bool) -> Any:
+    where = f"{section}.{key}"
+    if key in RESERVED_TRAINER_FIELDS:
+        raise RecipeError(f"{where} is set by hftransfer: use {RESERVED_TRAINER_FIELDS[key]} instead.")
+    if in_stage and key in RUN_WIDE_TRAINER_FIELDS:
+        raise RecipeError(f"{where} holds for the whole run: set training.{key} instead.")
+    if not in_stage and key in {f.name for f in dataclasses.fields(StageArguments)}:
+        raise RecipeError(f"{where} is a stage key: set it in each stage (stages[].{key}).")
+    annotation = _trainer_type(key)
+    try:
+        return _coerce_to(value, annotation)
+    except (TypeError, ValueError) as err:
+        detail = str(err) if str(err).startswith("expected") else f"expected {trainer_type_name(annotation)}"
+        raise RecipeError(f"{where}={value!r} is invalid: {detail} (transformers.TrainingArguments.{key}).") from None
+
+
+def passthrough_keys_help(width: int = 100) -> list[str]:
+    """Help lines for the TrainingArguments fields a recipe passes through (those hftransfer does not set itself)."""
+    import textwrap
+
+    own = {f.name for cls in (TrainingArguments, StageArguments) for f in dataclasses.fields(cls)}
+    lines = textwrap.wrap(
+        "transformers TrainingArguments pass-through: every other field of the installed "
+        "transformers.TrainingArguments may be set under training: (all stages) or in a stage (that stage only; "
+        "it overrides training:). hftransfer's own keys win (a stage's epochs, learning_rate, optimizer, ...); "
+        f"fields it sets itself are refused with the key to use ({', '.join(sorted(RESERVED_TRAINER_FIELDS))}). "
+        "E.g. --training.gradient_accumulation_steps 4 --stages.finetune.max_grad_norm 0.5:",
+        width=width,
+    )
+    for name, fld in transformers_training_fields().items():
+        if name in own or name in RESERVED_TRAINER_FIELDS:
+            continue
+        default = fld.default if fld.default is not dataclasses.MISSING else None
+        summary = " ".join(str(fld.metadata.get("help", "")).split())
+        summary = summary.split(". ")[0].rstrip(".")
+        text = f"{name} {trainer_type_name(_trainer_type(name))} (default {default!r}): {summary}."
+        lines += textwrap.wrap(text, width=width, initial_indent="  ", subsequent_indent="      ")
+    return lines
 
 
 def _check_augmentation(where: str, value: str | dict) -> None:

@@ -133,7 +133,7 @@ def test_fusion_recipe_builds_a_fusion_model():
     [
         ({"modle": {"image_size": 64}}, "Unknown recipe section 'modle'. Did you mean 'model'?"),
         ({"model": {"imag_size": 64}}, "Unknown key 'model.imag_size' in recipe. Did you mean 'image_size'?"),
-        ({"training": {"learning_rate": 1e-3}}, "Unknown key 'training.learning_rate'"),
+        ({"training": {"learning_rate": 1e-3}}, "training.learning_rate is a stage key: set it in each stage"),
         ({"stages": [{"name": "a", "epoch": 2}]}, "Unknown key 'stages[0].epoch' in recipe. Did you mean 'epochs'?"),
         ({"model": {"image_size": "big"}}, "model.image_size='big' is invalid: expected int."),
         ({"model": {"image_size": 64.5}}, "model.image_size=64.5 is invalid: expected int."),

@@ -132,17 +132,15 @@ def _build_model(
 def _training_arguments(
     recipe: Recipe, stage: StageArguments, stage_dir: Path, cached: bool, evaluation_only: bool = False
 ) -> TrainingArguments:
+    """The stage's `transformers.TrainingArguments`.
+
+    Precedence, lowest first: hftransfer's `training:` keys; transformers fields passed through under `training:`;
+    the stage's own keys (epochs, learning_rate, optimizer, ... -- a pass-through key cannot name these); transformers
+    fields passed through in the stage; and what hftransfer needs whatever the recipe says (the stage's folder, the
+    columns its collator reads, no data workers for in-memory cached features, even batches for mixup).
+    """
     train = recipe.training
-    return TrainingArguments(
-        output_dir=str(stage_dir),
-        num_train_epochs=stage.epochs,
-        max_steps=stage.max_steps,
-        learning_rate=stage.learning_rate,
-        lr_scheduler_type=stage.lr_scheduler_type,
-        # transformers reads a float warmup_steps < 1 as a fraction of the steps (the recipe checks 0 <= ratio < 1).
-        warmup_steps=stage.warmup_ratio,
-        weight_decay=stage.weight_decay,
-        optim=stage.optimizer,
+    kwargs: dict[str, Any] = dict(
         per_device_train_batch_size=train.per_device_train_batch_size,
         per_device_eval_batch_size=train.per_device_eval_batch_size,
         bf16=train.precision == "bf16",
@@ -151,24 +149,46 @@ def _training_arguments(
         data_seed=train.seed,
         logging_steps=train.logging_steps,
         logging_first_step=True,
-        eval_strategy="no" if evaluation_only else train.eval_strategy,
-        save_strategy="no" if evaluation_only else train.save_strategy,
+        eval_strategy=train.eval_strategy,
+        save_strategy=train.save_strategy,
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
         report_to=train.report_to,
-        # Cached features are in-memory tensors: worker processes would only add start-up cost.
-        dataloader_num_workers=0 if cached else train.dataloader_num_workers,
+        dataloader_num_workers=train.dataloader_num_workers,
         torch_compile=train.torch_compile,
-        # On a machine without GPU, `use_cpu` is what makes accelerate set up multi-process CPU (gloo) DDP.
-        use_cpu=train.use_cpu or not torch.cuda.is_available(),
-        remove_unused_columns=False,
-        label_names=["labels"],
+        use_cpu=train.use_cpu,
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=False,
-        # timm's Mixup pairs each example with another in the batch: it needs even batch sizes.
-        dataloader_drop_last=stage.mixup_alpha > 0 or stage.cutmix_alpha > 0,
     )
+    kwargs.update(train.trainer_args)
+    kwargs.update(
+        num_train_epochs=stage.epochs,
+        max_steps=stage.max_steps,
+        learning_rate=stage.learning_rate,
+        lr_scheduler_type=stage.lr_scheduler_type,
+        # transformers reads a float warmup_steps < 1 as a fraction of the steps (the recipe checks 0 <= ratio < 1).
+        warmup_steps=stage.warmup_ratio,
+        weight_decay=stage.weight_decay,
+        optim=stage.optimizer,
+    )
+    kwargs.update(stage.trainer_args)
+    kwargs.update(
+        output_dir=str(stage_dir),
+        remove_unused_columns=False,
+        label_names=["labels"],
+        # On a machine without GPU, `use_cpu` is what makes accelerate set up multi-process CPU (gloo) DDP.
+        use_cpu=kwargs["use_cpu"] or not torch.cuda.is_available(),
+        # timm's Mixup pairs each example with another in the batch: it needs even batch sizes.
+        dataloader_drop_last=kwargs.get("dataloader_drop_last", False)
+        or stage.mixup_alpha > 0
+        or stage.cutmix_alpha > 0,
+    )
+    if cached:  # cached features are in-memory tensors: worker processes would only add start-up cost
+        kwargs.update(dataloader_num_workers=0, dataloader_persistent_workers=False, dataloader_prefetch_factor=None)
+    if evaluation_only:
+        kwargs.update(eval_strategy="no", save_strategy="no")
+    return TrainingArguments(**kwargs)
 
 
 class _Ranks:
@@ -407,6 +427,7 @@ class StagedFineTuner:
                 for key in ("label_smoothing", "mixup_alpha", "cutmix_alpha", "l2sp_strength")
                 if getattr(stage, key)
             },
+            "trainer_args": dict(stage.trainer_args),
             "early_stopping_patience": stage.early_stopping_patience,
             "stopped_early_at_step": None if selection_callback is None else selection_callback.stopped_early_at,
             "used_feature_cache": use_cache,
@@ -606,6 +627,7 @@ class StagedFineTuner:
                 "image_size": self.model.config.image_size,
                 "metric_for_best_model": recipe.training.metric_for_best_model,
                 "model_selection": recipe.training.model_selection,
+                "trainer_args": dict(recipe.training.trainer_args),
             },
             "hardware": _hardware(),
             "wall_time_s": round(time.perf_counter() - started, 2),
