@@ -791,8 +791,12 @@ def recipe_changes(
     before = _flatten_for_comparison(_normalised(ran))
     after = _flatten_for_comparison(new.to_dict() if isinstance(new, Recipe) else _normalised(new))
     patterns = (*SAFE_RESUME_KEYS, *allowed)
+    # A stage that only one recipe has is reported once, as a change of `stages`, not key by key.
+    one_sided = set(before.get("stages") or []) ^ set(after.get("stages") or [])
     changes = []
     for key in sorted(set(before) | set(after)):
+        if key.startswith("stages.") and key.split(".")[1] in one_sided:
+            continue
         old_value, new_value = before.get(key, "<unset>"), after.get(key, "<unset>")
         if old_value != new_value and not any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns):
             changes.append((key, old_value, new_value))

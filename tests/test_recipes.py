@@ -285,3 +285,24 @@ def test_bad_sample_counts_nan_epochs_and_mapping_stages_are_clear_errors(
     err = capsys.readouterr().err
     assert err.strip() == message
     assert not (tmp_path / "out").exists()
+
+
+def test_recipe_changes_lists_what_changes_results_and_skips_safe_keys():
+    from hftransfer.recipes import recipe_changes
+
+    ran = Recipe().to_dict()
+    new = yaml.safe_load(Recipe().to_yaml())
+    assert recipe_changes(ran, new) == []
+    new["stages"].append({**new["stages"][0], "name": "extra"})
+    new["stages"][1]["epochs"] = 9
+    new["training"].update(seed=1, logging_steps=3, report_to=["none"], gradient_accumulation_steps=2)
+    new["hub"]["repo_id"] = "me/x"
+    new["description"] = "changed"
+    assert recipe_changes(ran, new) == [
+        ("stages", ["frozen", "finetune"], ["frozen", "finetune", "extra"]),
+        ("stages.finetune.epochs", 2.0, 9.0),
+        ("training.gradient_accumulation_steps", "<unset>", 2),
+        ("training.seed", 42, 1),
+    ]
+    assert recipe_changes(ran, new, ["stages", "stages.*.epochs", "training.*"]) == []
+    assert recipe_changes(ran, new, ["*"]) == []
