@@ -110,21 +110,44 @@ def timm_stage_layout(model: torch.nn.Module) -> tuple[list[dict], list[int]]:
 
 
 def _usable(name: str) -> bool:
-    try:
-        backbone_spec(name)
-    except ValueError:
-        return False
-    return True
+    return isinstance(_build_spec(name), BackboneSpec)
 
 
-def _close_matches(name: str, usable_only: bool = True) -> str:
-    names = [n for n in difflib.get_close_matches(name, timm.list_models(), n=12, cutoff=0.5) if n != name]
-    if usable_only:
-        names = [n for n in names if _usable(n)]
-    return ", ".join(names[:5]) or "none"
+def _close_matches(name: str) -> str:
+    """Up to five timm models named like `name` that hftransfer can use (each checked on the meta device)."""
+    usable = []
+    for candidate in difflib.get_close_matches(name, timm.list_models(), n=12, cutoff=0.5):
+        if candidate != name and _usable(candidate):
+            usable.append(candidate)
+            if len(usable) == 5:
+                break
+    return ", ".join(usable) or "none"
 
 
 @functools.cache
+def _build_spec(name: str) -> BackboneSpec | str:
+    """The spec of a registered timm model, or why it cannot be used (no close matches: `backbone_spec` adds them)."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+    except Exception as exc:  # a registered name timm cannot build without extra arguments
+        return f"a model timm can build ({type(exc).__name__}: {exc})"
+    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    fixed = bool(pretrained_cfg.get("fixed_input_size", False))
+    if name in VGG_BACKBONES:
+        _, info = vgg_stage_layout(model.features)
+        return BackboneSpec(name, tuple(info), (), False, False, has_batchnorm)
+    if not callable(getattr(model, "forward_intermediates", None)) or not getattr(model, "feature_info", None):
+        return (
+            f"a timm model with `forward_intermediates` and `feature_info` ({type(model).__name__} has no such "
+            "feature path)"
+        )
+    info, indices = timm_stage_layout(model)
+    accepts_img_size = "img_size" in inspect.signature(type(model).__init__).parameters
+    return BackboneSpec(name, tuple(info), tuple(indices), fixed, accepts_img_size, has_batchnorm)
+
+
 def backbone_spec(name: str) -> BackboneSpec:
     """The stage layout of timm backbone `name` (built once on the meta device, no memory); `ValueError` with close
     matches for names timm does not know and for models without a usable feature path."""
@@ -144,27 +167,10 @@ def backbone_spec(name: str) -> BackboneSpec:
             "a timm model name (timm.list_models()) whose architecture has `forward_intermediates`, "
             f"or vgg11/13/16/19[_bn]; close matches: {_close_matches(name)}",
         )
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, num_classes=0)
-    except Exception as exc:  # a registered name timm cannot build without extra arguments
-        raise _invalid("backbone", name, f"a model timm can build ({type(exc).__name__}: {exc})") from exc
-    has_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
-    fixed = bool(pretrained_cfg.get("fixed_input_size", False))
-    if name in VGG_BACKBONES:
-        _, info = vgg_stage_layout(model.features)
-        return BackboneSpec(name, tuple(info), (), False, False, has_batchnorm)
-    if not callable(getattr(model, "forward_intermediates", None)) or not getattr(model, "feature_info", None):
-        raise _invalid(
-            "backbone",
-            name,
-            f"a timm model with `forward_intermediates` and `feature_info` ({type(model).__name__} "
-            f"has no such feature path); close matches that have one: {_close_matches(name)}",
-        )
-    info, indices = timm_stage_layout(model)
-    accepts_img_size = "img_size" in inspect.signature(type(model).__init__).parameters
-    return BackboneSpec(name, tuple(info), tuple(indices), fixed, accepts_img_size, has_batchnorm)
+    spec = _build_spec(name)
+    if isinstance(spec, str):
+        raise _invalid("backbone", name, f"{spec}; close matches that have one: {_close_matches(name)}")
+    return spec
 
 
 def timm_pretrained_cfg(backbone: str, backbone_weights: str | None = None) -> dict:
