@@ -398,3 +398,13 @@ def test_hftransfer_train_runs_on_a_non_vgg_backbone(tmp_path, session_dir):
     assert (output_dir / "README.md").is_file() and (output_dir / "modeling_hftransfer.py").is_file()
     model = TransferForImageClassification.from_pretrained(output_dir)
     assert model.config.backbone == "convnext_atto" and model.backbone.num_stages == 4
+
+
+def test_resnet50_recipe_names_hub_weights_and_validates():
+    from hftransfer.configuration_hftransfer import backbone_spec
+    from hftransfer.recipes import load_recipe
+
+    recipe = load_recipe("resnet50-finetune")
+    assert (recipe.model.backbone, recipe.model.backbone_weights) == ("resnet50", "timm/resnet50.a1_in1k")
+    assert recipe.stages[1].last_k_blocks == 2 and backbone_spec("resnet50").num_stages == 5
+    assert TransferConfig(backbone="resnet50", image_size=recipe.model.image_size).image_size == 224
