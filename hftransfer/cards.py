@@ -200,22 +200,42 @@ def _is_pretrained(source: Any) -> bool:
     return bool(source) and str(source).strip().lower() not in ("random", "none", "scratch")
 
 
+def _last_stage(backbone: str) -> tuple[int, int]:
+    """(reduction, channels) of the backbone's last stage; VGG's (32, 512) when timm cannot describe it."""
+    try:
+        from .configuration_hftransfer import backbone_spec
+
+        spec = backbone_spec(backbone)
+        return int(spec.stage_reductions[-1]), int(spec.stage_channels[-1])
+    except (ImportError, ValueError, AttributeError, IndexError):
+        return 32, 512
+
+
+def _stage_name(backbone: str, stage: int, last: bool = False) -> str:
+    if backbone.startswith("vgg"):
+        return f"block{stage + 1}_pool"
+    return "the last stage" if last else f"stage {stage}"
+
+
 def _head_description(config: Mapping[str, Any], num_labels: int) -> str:
     pooling = config.get("pooling", "flatten")
     image_size = int(config.get("image_size", 224))
+    backbone = str(config.get("backbone", "vgg16"))
+    reduction, channels = _last_stage(backbone)
+    side = image_size // reduction
     pooled = {
-        "flatten": f"Flatten ({image_size // 32}x{image_size // 32}x512)",
+        "flatten": f"Flatten ({side}x{side}x{channels})",
         "avg": "global average pooling",
         "max": "global max pooling",
         "avgmax": "global average+max pooling",
     }.get(pooling, pooling)
     if config.get("head") == "fusion":
-        stages = ", ".join(f"block{s + 1}_pool" for s in config.get("fusion_stages") or [2, 3, 4])
+        stages = ", ".join(_stage_name(backbone, s) for s in config.get("fusion_stages") or [2, 3, 4])
         parts = [f"{pooled} of {stages}, concatenated"]
         if config.get("extra_features_dim"):
             parts[0] += f" with {config['extra_features_dim']} extra per-example features"
     else:
-        parts = [f"{pooled} of block5_pool"]
+        parts = [f"{pooled} of {_stage_name(backbone, 4, last=True)}"]
     activation, dropout = config.get("activation", "relu"), config.get("dropout", 0.0)
     for width in config.get("hidden_sizes", [1024]):
         parts.append(f"Dense({width}, {activation})" + (f" → Dropout({dropout:g})" if dropout else ""))
@@ -273,7 +293,8 @@ def _card_data(
         config.get("backbone_weights") or metrics.get("backbone_weights") or model_section.get("backbone_weights")
     )
     backbone = str(config.get("backbone", "vgg16"))
-    tags = CARD_TAGS + ([backbone] if backbone not in CARD_TAGS else [])
+    tags = [tag for tag in CARD_TAGS if tag != "vgg" or backbone.startswith("vgg")]  # the family tag: VGG only
+    tags += [backbone] if backbone not in tags else []
     return ModelCardData(
         model_name=model_name,
         # `transformers`, not `hftransfer`: the Hub picks the inference widget and the "Use this model" snippet by
@@ -429,7 +450,7 @@ def _template_context(
             f"{image_size}x{image_size} and replicated to 3 channels. Real photos of clothes (people, backgrounds, "
             "colour, pose) look very different: expect much lower accuracy on them."
         )
-        if pretrained:
+        if pretrained and backbone.startswith("vgg"):
             limitations.append(
                 "ImageNet features matter little on this dataset: in hftransfer's own measurement, a linear probe on "
                 "frozen average-pooled VGG16 features (1,000 training images) scored 0.758 with ImageNet weights vs "
@@ -439,7 +460,8 @@ def _template_context(
     if pretrained and image_size < 224:
         limitations.append(
             f"The ImageNet weights were learned at 224x224; at {image_size}x{image_size} the last block works on "
-            f"{image_size // 32}x{image_size // 32} feature maps, far from what it was pretrained for."
+            f"{image_size // _last_stage(backbone)[0]}x{image_size // _last_stage(backbone)[0]} feature maps, far "
+            "from what it was pretrained for."
         )
     if not pretrained:
         limitations.append("The backbone was not pretrained (random initialisation): this is not transfer learning.")

@@ -159,7 +159,7 @@ def test_train_help_documents_every_recipe_key(runs):
     assert "--model.image_size INT (default 224): Square input resolution" in text
     assert "--model.hidden_sizes LIST[INT] (default [1024])" in text
     assert "--stages.<index|name>.learning_rate FLOAT (default 0.001)" in text
-    for recipe in ("quickstart", "keras-seed", "vgg16-finetune", "fusion"):
+    for recipe in ("quickstart", "keras-seed", "vgg16-finetune", "fusion", "resnet50-finetune"):
         assert recipe in text
     assert "--resume" in text
 

@@ -17,7 +17,7 @@ from hftransfer.recipes import (
     recipe_from_dict,
 )
 
-SHIPPED = ("quickstart", "keras-seed", "vgg16-finetune", "fusion")
+SHIPPED = ("quickstart", "keras-seed", "vgg16-finetune", "fusion", "resnet50-finetune")
 # Fashion-MNIST, the data of every shipped recipe.
 NUM_LABELS = 10
 
@@ -72,10 +72,12 @@ def test_quickstart_is_offline_cpu_sized_and_staged():
     assert recipe.training.precision == "no"  # bf16 autocast is ~40x slower on CPU
     frozen, finetune = recipe.stages
     assert frozen.trainable == "head" and frozen.cache_features and recipe.data.augmentation == "none"
-    assert 3 <= frozen.epochs <= 5 and frozen.learning_rate == 1e-3
+    assert frozen.augmentation is None  # cached features of the deterministic transform
+    assert 5 <= frozen.epochs <= 10 and frozen.learning_rate == 1e-3
     assert finetune.trainable == "last_k" and finetune.last_k_blocks == 2
     assert finetune.learning_rate < frozen.learning_rate and finetune.backbone_lr_scale == 0.1
-    assert 1 <= finetune.epochs <= 2
+    assert 1 <= finetune.epochs <= 2 and finetune.augmentation == "light" and finetune.early_stopping_patience
+    assert recipe.training.model_selection == "best"
 
 
 def test_keras_seed_is_the_keras_recipe():
@@ -107,10 +109,9 @@ def test_vgg16_finetune_is_gpu_grade():
     recipe = load_recipe("vgg16-finetune")
     assert recipe.model.image_size == 224
     assert recipe.training.precision == "bf16" and recipe.training.channels_last
-    assert recipe.data.augmentation == "light"
     frozen, finetune = recipe.stages
-    assert frozen.trainable == "head" and frozen.epochs == 3
-    assert finetune.trainable == "all" and finetune.backbone_lr_scale == 0.1
+    assert frozen.trainable == "head" and frozen.cache_features and recipe.data.augmentation == "none"
+    assert finetune.trainable == "all" and finetune.backbone_lr_scale == 0.1 and finetune.augmentation == "light"
     assert finetune.lr_scheduler_type == "cosine" and finetune.warmup_ratio > 0
 
 

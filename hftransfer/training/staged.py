@@ -405,6 +405,9 @@ class StagedFineTuner:
             validation["loss"],
             validation["num_samples"],
         )
+        stage_warnings = training_warnings(validation, self.id2label, f"stage {stage.name}")
+        for warning in stage_warnings:
+            logger.warning(warning)
         record = {
             "name": stage.name,
             "index": index,
@@ -433,7 +436,7 @@ class StagedFineTuner:
             "used_feature_cache": use_cache,
             "wall_time_s": round(wall_time, 2),
             "validation": validation,
-            "warnings": training_warnings(validation, self.id2label, f"stage {stage.name}"),
+            "warnings": stage_warnings,
             "log_history": trainer.state.log_history,
         }
         check_finite_weights(self.model, f"stage {stage.name}'s final model ({stage_dir / 'final'})")
@@ -732,7 +735,7 @@ def _weights_warnings(model: TransferForImageClassification) -> list[str]:
         "backbone_weights=random: the backbone starts from random weights, so this run is not transfer learning "
         "(a from-scratch baseline)."
     ]
-    if not model.config.backbone.endswith("_bn"):
+    if model.config.backbone.startswith("vgg") and not model.config.backbone_uses_batchnorm:
         warnings.append(
             f"{model.config.backbone} has no BatchNorm: from random weights it rarely trains with fine-tuning "
             f"settings (it tends to predict one class); use {model.config.backbone}_bn, all layers trainable, "
