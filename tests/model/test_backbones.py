@@ -357,16 +357,17 @@ def test_remote_code_loads_every_family_without_hftransfer(saved_models, pixel_v
         torch.testing.assert_close(torch.tensor(result[name]["logits"]), expected, atol=1e-5, rtol=0)
 
 
-def test_hftransfer_train_runs_on_a_non_vgg_backbone(tmp_path, session_dir):
-    """`hftransfer train` end to end on convnext_atto (random weights, 32 px): cached frozen stage, then the last
-    stage. (ConvNeXt has no BatchNorm: the feature-cache key cannot hash 0-d `num_batches_tracked` buffers yet.)"""
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_hftransfer_train_runs_on_each_family(name, tmp_path, session_dir):
+    """`hftransfer train` end to end per family (random weights, 32 px): cached frozen stage, then the last stage."""
     from hftransfer.cli import main
 
     output_dir = tmp_path / "run"
     recipe = {
-        "name": "convnext-tiny",
+        "name": f"{name}-tiny",
         "model": {
-            "backbone": "convnext_atto",
+            "backbone": name,
             "backbone_weights": "random",
             "image_size": SIZE,
             "pooling": "avg",
@@ -390,14 +391,16 @@ def test_hftransfer_train_runs_on_a_non_vgg_backbone(tmp_path, session_dir):
     assert main(["train", str(path)]) == 0
 
     config = json.loads((output_dir / "config.json").read_text())
-    assert config["backbone"] == "convnext_atto" and config["backbone_weights"] == "random"
+    assert config["backbone"] == name and config["backbone_weights"] == "random"
     metrics = json.loads((output_dir / "metrics.json").read_text())
     assert [stage["name"] for stage in metrics["stages"]] == ["frozen", "finetune"]
+    assert metrics["stages"][0]["used_feature_cache"] is True
     assert 0.0 <= metrics["final"]["test"]["accuracy"] <= 1.0
     assert any((session_dir / "feature_cache_backbones").rglob("*.safetensors"))  # the frozen stage cached features
     assert (output_dir / "README.md").is_file() and (output_dir / "modeling_hftransfer.py").is_file()
     model = TransferForImageClassification.from_pretrained(output_dir)
-    assert model.config.backbone == "convnext_atto" and model.backbone.num_stages == 4
+    assert model.config.backbone == name
+    assert model.backbone.num_stages == config_for(name).num_backbone_stages
 
 
 def test_resnet50_recipe_names_hub_weights_and_validates():
