@@ -179,10 +179,6 @@ def _training_arguments(
         label_names=["labels"],
         # On a machine without GPU, `use_cpu` is what makes accelerate set up multi-process CPU (gloo) DDP.
         use_cpu=kwargs["use_cpu"] or not torch.cuda.is_available(),
-        # timm's Mixup pairs each example with another in the batch: it needs even batch sizes.
-        dataloader_drop_last=kwargs.get("dataloader_drop_last", False)
-        or stage.mixup_alpha > 0
-        or stage.cutmix_alpha > 0,
     )
     if cached:  # cached features are in-memory tensors: worker processes would only add start-up cost
         kwargs.update(dataloader_num_workers=0, dataloader_persistent_workers=False, dataloader_prefetch_factor=None)

@@ -160,7 +160,9 @@ class TransferTrainer(Trainer):
             )
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        if self.mixup is not None:
+        # timm's Mixup pairs examples within the batch and needs an even size: an odd (last) batch trains unmixed.
+        # (Not drop_last: the Trainer applies it to evaluation too, which would score part of the validation set.)
+        if self.mixup is not None and len(labels) % 2 == 0:
             if "pixel_values" not in inputs:
                 raise ValueError("mixup/cutmix need image batches (`pixel_values`), not cached features.")
             inputs["pixel_values"], soft_targets = self.mixup(inputs["pixel_values"], labels)

@@ -263,3 +263,19 @@ def test_bad_selection_settings_are_clear_errors():
         recipe_from_dict({"training": {"metric_for_best_model": "top5"}})
     with pytest.raises(RecipeError, match="model_selection='first' is invalid"):
         recipe_from_dict({"training": {"model_selection": "first"}})
+
+
+def test_mixup_keeps_every_evaluation_image_and_trains_an_odd_batch_unmixed(tmp_path, small_model):
+    # Regression: mixup stages used dataloader_drop_last, which the Trainer also applies to evaluation (448 of 500
+    # validation images were scored). An odd (last) training batch now trains unmixed instead.
+    from hftransfer.training.staged import _training_arguments
+
+    recipe = recipe_from_dict({"stages": [{"name": "mix", "trainable": "all", "mixup_alpha": 0.2}]})
+    args = _training_arguments(recipe, recipe.stages[0], tmp_path, cached=False)
+    assert args.dataloader_drop_last is False
+    batch = _batch(small_model, n=7)
+    trainer = _trainer(tmp_path, small_model, mixup_alpha=1.0)
+    small_model.train()
+    plain = torch.nn.functional.cross_entropy(small_model(pixel_values=batch["pixel_values"]).logits, batch["labels"])
+    loss = trainer.compute_loss(small_model, {k: v.clone() for k, v in batch.items()})
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-5)
