@@ -457,10 +457,11 @@ def _template_context(
                 "0.764 with random weights at 32 px (0.778 vs 0.781 at 64 px). The accuracy comes mostly from "
                 "training on the task, not from the pretraining."
             )
+    last_reduction = _last_stage(backbone)[0]
     if pretrained and image_size < 224:
         limitations.append(
             f"The ImageNet weights were learned at 224x224; at {image_size}x{image_size} the last block works on "
-            f"{image_size // _last_stage(backbone)[0]}x{image_size // _last_stage(backbone)[0]} feature maps, far "
+            f"{image_size // last_reduction}x{image_size // last_reduction} feature maps, far "
             "from what it was pretrained for."
         )
     if not pretrained:

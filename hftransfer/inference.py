@@ -529,10 +529,6 @@ def _label_mapping(dataset_id2label: Mapping[int, str], model_id2label: Mapping[
     return mapping
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    write_json_atomic(path, payload)  # temporary file, fsync, umask mode, rename
-
-
 def evaluate_model(
     model: str | os.PathLike | PreTrainedModel,
     data: str | os.PathLike | ImageClassificationData,
@@ -662,7 +658,7 @@ def evaluate_model(
 
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(output_dir / METRICS_FILE, metrics)
+        write_json_atomic(output_dir / METRICS_FILE, metrics)  # temp file, fsync, umask mode, rename
         labels = [model_id2label[i] for i in sorted(model_id2label)]
         title = f"Confusion matrix, {split} ({len(references)} examples, accuracy {metrics['accuracy']:.3f})"
         plot_confusion_matrix(metrics["confusion_matrix"], labels, output_dir / CONFUSION_MATRIX_FILE, title=title)

@@ -74,7 +74,7 @@ def test_outputs_of_a_run_respect_the_umask(tmp_path, tiny_model, umask_002):
     import shutil
 
     from hftransfer.cards import render_model_card
-    from hftransfer.inference import _write_json_atomic
+    from hftransfer._io import write_json_atomic
     from hftransfer.plots import plot_confusion_matrix, plot_training_curves
     from hftransfer.training.trainer import write_json_atomic
     from hftransfer.weights import BackboneWeights, save_backbone_weights
@@ -87,7 +87,7 @@ def test_outputs_of_a_run_respect_the_umask(tmp_path, tiny_model, umask_002):
     plot_confusion_matrix([[1, 0, 0], [0, 1, 0], [0, 0, 1]], list(CLASSES), run / "confusion_matrix.png")
     render_model_card(run)
     (run / "eval").mkdir()
-    _write_json_atomic(run / "eval" / "metrics.json", {"accuracy": 1.0})
+    write_json_atomic(run / "eval" / "metrics.json", {"accuracy": 1.0})
     write_json_atomic(run / "history.json", history)
     state = {"features.0.weight": torch.zeros(64, 3, 3, 3), "features.0.bias": torch.zeros(64)}
     save_backbone_weights(
