@@ -74,7 +74,6 @@ def test_outputs_of_a_run_respect_the_umask(tmp_path, tiny_model, umask_002):
     import shutil
 
     from hftransfer.cards import render_model_card
-    from hftransfer._io import write_json_atomic
     from hftransfer.plots import plot_confusion_matrix, plot_training_curves
     from hftransfer.training.trainer import write_json_atomic
     from hftransfer.weights import BackboneWeights, save_backbone_weights
