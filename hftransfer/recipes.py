@@ -26,6 +26,8 @@ PRECISION_CHOICES = ("no", "fp16", "bf16")
 # Metrics a run can select its model by (the Trainer reports them as `eval_<name>`) and whether higher is better.
 SELECTION_METRICS = {"accuracy": True, "f1": True, "precision": True, "recall": True, "loss": False}
 MODEL_SELECTION_CHOICES = ("best", "last")
+PREFIX_CACHE_CHOICES = ("auto", "always", "never")
+FEATURE_CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
 
 class RecipeError(ValueError):
@@ -98,6 +100,16 @@ class DataArguments:
             "'light', 'strong', or a mapping of AugmentationConfig fields (crop_scale, horizontal_flip, ...)."
         },
     )
+    streaming: bool = field(
+        default=False,
+        metadata={
+            "help": "Read train as a stream (datasets IterableDataset) instead of a table in memory: stages need "
+            "max_steps, shuffling is by a buffer of streaming_shuffle_buffer rows."
+        },
+    )
+    streaming_shuffle_buffer: int = field(
+        default=1000, metadata={"help": "Rows in the shuffle buffer of a streamed train split."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (quick experiments)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation and test."})
     on_bad_image: str = field(default="error", metadata={"help": "'error' or 'skip' undecodable images (logged)."})
@@ -127,6 +139,14 @@ class StageArguments:
     cache_features: bool = field(
         default=True,
         metadata={"help": "Head-only stage with deterministic transforms: train on cached backbone features."},
+    )
+    cache_frozen_prefix: str = field(
+        default="auto",
+        metadata={
+            "help": "trainable='last_k' with deterministic transforms: train the last k blocks on cached outputs of "
+            "the frozen blocks. 'auto' (when the measured cost pays: enough epochs, small enough activations), "
+            "'always' or 'never'."
+        },
     )
     augmentation: str | dict | None = field(
         default=None,
@@ -189,6 +209,13 @@ class TrainingArguments:
     use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is present."})
     feature_cache_dir: str | None = field(
         default=None, metadata={"help": "Cached backbone features (default: $HFTRANSFER_CACHE/features)."}
+    )
+    feature_cache_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Storage dtype of cached features: 'float32', 'float16' or 'bfloat16' (half the disk and page "
+            "cache; the head still trains in float32)."
+        },
     )
     metric_for_best_model: str = field(
         default="accuracy",
@@ -607,7 +634,26 @@ def _validate(recipe: Recipe) -> None:
             )
         if stage.augmentation is not None:
             _check_augmentation(f"{where}.augmentation", stage.augmentation)
+        if stage.cache_frozen_prefix not in PREFIX_CACHE_CHOICES:
+            raise RecipeError(
+                f"{where}.cache_frozen_prefix={stage.cache_frozen_prefix!r} is invalid: expected one of "
+                f"{PREFIX_CACHE_CHOICES}."
+            )
+        if recipe.data.streaming and stage.max_steps <= 0 and not (stage.trainable == "head" and stage.cache_features):
+            raise RecipeError(
+                f"{where}: data.streaming reads train as a stream of unknown length; set max_steps > 0 instead of "
+                "epochs (only a cached head-only stage, which trains on features of known length, can use epochs)."
+            )
     _check_augmentation("data.augmentation", recipe.data.augmentation)
+    if recipe.training.feature_cache_dtype not in FEATURE_CACHE_DTYPES:
+        raise RecipeError(
+            f"training.feature_cache_dtype={recipe.training.feature_cache_dtype!r} is invalid: expected one of "
+            f"{FEATURE_CACHE_DTYPES}."
+        )
+    if recipe.data.streaming_shuffle_buffer < 1:
+        raise RecipeError(
+            f"data.streaming_shuffle_buffer={recipe.data.streaming_shuffle_buffer!r} is invalid: expected >= 1 rows."
+        )
     if recipe.training.metric_for_best_model not in SELECTION_METRICS:
         raise RecipeError(
             f"training.metric_for_best_model={recipe.training.metric_for_best_model!r} is invalid: expected one of "
