@@ -1,9 +1,10 @@
 """Classification metrics through the `evaluate` library, offline.
 
 `evaluate.load("accuracy")` fetches the metric script from the Hub (and, unless `HF_EVALUATE_OFFLINE=1`, blocks on an
-unreachable endpoint). hftransfer ships its own evaluate modules under `hftransfer/metric_modules/<name>/<name>.py`
-and loads them by local path, which needs no network and takes ~0.02 s. `import evaluate` itself costs seconds (it
-imports transformers' pipelines), so it happens on the first metric load, never at `import hftransfer`.
+unreachable endpoint). hftransfer ships its own evaluate module, `hftransfer/metric_modules/classification/
+classification.py`, which computes accuracy, precision, recall, F1 and the confusion matrix in one pass, and loads it
+by local path, which needs no network and takes ~0.02 s. `import evaluate` itself costs seconds (it imports
+transformers' pipelines), so it happens on the first metric load, never at `import hftransfer`.
 """
 
 from __future__ import annotations
@@ -21,36 +22,46 @@ if TYPE_CHECKING:
     from transformers import EvalPrediction
 
 METRIC_MODULES_DIR = Path(__file__).resolve().parent / "metric_modules"
-SHIPPED_METRICS = ("accuracy", "f1", "precision", "recall", "confusion_matrix")
+METRIC_MODULE = "classification"
+SHIPPED_METRICS = (METRIC_MODULE,)
+# The per-metric names of earlier versions: they load the classification module, whose results include their key
+# (`load_metric("f1").compute(...)["f1"]`).
+_METRIC_ALIASES = ("accuracy", "f1", "precision", "recall", "confusion_matrix")
 # The scalar metrics reported to the Trainer (which prefixes them with `eval_`) and to the model card.
 SCALAR_METRICS = ("accuracy", "f1", "precision", "recall")
 IGNORE_INDEX = -100  # transformers' convention for labels that take no part in the loss or the metrics
 
 
-def metric_module_path(name: str) -> str:
-    """Absolute path of a shipped evaluate metric module, for `evaluate.load(path)`.
+def metric_module_path(name: str = METRIC_MODULE) -> str:
+    """Absolute path of the shipped evaluate metric module, for `evaluate.load(path)`.
 
     Args:
-        name (`str`): One of `accuracy`, `f1`, `precision`, `recall`, `confusion_matrix`.
+        name (`str`, *optional*, defaults to `"classification"`):
+            `classification`, or one of the older names `accuracy`, `f1`, `precision`, `recall`,
+            `confusion_matrix` (the same module: its results hold every one of them).
     """
-    if name not in SHIPPED_METRICS:
-        raise ValueError(f"Unknown hftransfer metric {name!r}: expected one of {', '.join(SHIPPED_METRICS)}.")
-    path = METRIC_MODULES_DIR / name
-    if not (path / f"{name}.py").is_file():
+    if name not in SHIPPED_METRICS and name not in _METRIC_ALIASES:
+        raise ValueError(
+            f"Unknown hftransfer metric {name!r}: expected one of {', '.join(SHIPPED_METRICS + _METRIC_ALIASES)}."
+        )
+    path = METRIC_MODULES_DIR / METRIC_MODULE
+    if not (path / f"{METRIC_MODULE}.py").is_file():
         # An absolute path that does not exist would make evaluate fall back to... nothing useful; say what's wrong.
-        raise FileNotFoundError(f"The evaluate module {path / f'{name}.py'} is missing from the hftransfer install.")
+        raise FileNotFoundError(
+            f"The evaluate module {path / f'{METRIC_MODULE}.py'} is missing from the hftransfer install."
+        )
     return str(path)
 
 
 @functools.cache
-def load_metric(name: str) -> evaluate.EvaluationModule:
-    """Load (once per process) a shipped metric module with `evaluate.load`, by local path: no network.
+def load_metric(name: str = METRIC_MODULE) -> evaluate.EvaluationModule:
+    """Load (once per process) the shipped metric module with `evaluate.load`, by local path: no network.
 
     `keep_in_memory=True`: no Arrow cache files or file locks under `HF_METRICS_CACHE`, so every rank of a distributed
     run can compute on its own copy of the gathered predictions (the Trainer gathers them before `compute_metrics`).
 
     Args:
-        name (`str`): One of `accuracy`, `f1`, `precision`, `recall`, `confusion_matrix`.
+        name (`str`, *optional*, defaults to `"classification"`): As for [`metric_module_path`].
     """
     path = metric_module_path(name)
     import evaluate  # lazy: importing evaluate takes seconds
@@ -100,15 +111,14 @@ def _as_class_ids(predictions: Any, references: Any, known_ids: Sequence[int]) -
     return predictions, references
 
 
-def _scalar_metrics(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+def _compute(predictions: np.ndarray, references: np.ndarray) -> dict[str, Any]:
     # Macro averages over the classes present in references or predictions, with 0 where a score is 0/0: exactly
-    # scikit-learn's `average="macro", zero_division=0`.
-    results = {"accuracy": load_metric("accuracy").compute(predictions=predictions, references=references)["accuracy"]}
-    for name in ("f1", "precision", "recall"):
-        results[name] = load_metric(name).compute(
-            predictions=predictions, references=references, average="macro", zero_division=0.0
-        )[name]
-    return {name: float(value) for name, value in results.items()}
+    # scikit-learn's `average="macro", zero_division=0`. The confusion matrix is over those classes, sorted.
+    return load_metric().compute(predictions=predictions, references=references, average="macro", zero_division=0.0)
+
+
+def _scalars(results: Mapping[str, Any]) -> dict[str, float]:
+    return {name: float(results[name]) for name in SCALAR_METRICS}
 
 
 def compute_classification_metrics(
@@ -134,9 +144,12 @@ def compute_classification_metrics(
     id2label = _normalize_id2label(id2label)
     ids = list(id2label)
     predictions, references = _as_class_ids(predictions, references, ids)
-    results: dict[str, Any] = _scalar_metrics(predictions, references)
-    matrix = load_metric("confusion_matrix").compute(predictions=predictions, references=references, labels=ids)
-    matrix = np.asarray(matrix["confusion_matrix"], dtype=np.int64)
+    computed = _compute(predictions, references)
+    results: dict[str, Any] = _scalars(computed)
+    # The module's matrix covers the classes present (sorted ids); place it in the matrix of every id.
+    present = np.searchsorted(np.asarray(ids), np.union1d(references, predictions))
+    matrix = np.zeros((len(ids), len(ids)), dtype=np.int64)
+    matrix[np.ix_(present, present)] = np.asarray(computed["confusion_matrix"], dtype=np.int64)
     support = matrix.sum(axis=1)
     results["per_class_accuracy"] = {
         name: (float(matrix[i, i] / support[i]) if support[i] else None) for i, name in enumerate(id2label.values())
@@ -151,22 +164,21 @@ def make_compute_metrics(
 ) -> Callable[[EvalPrediction], dict[str, float]]:
     """A `compute_metrics` function for `transformers.Trainer`: scalar accuracy and macro F1/precision/recall.
 
-    The evaluate modules are loaded here, once (and cached for the process), not at every evaluation. The Trainer
+    The evaluate module is loaded here, once (and cached for the process), not at every evaluation. The Trainer
     prefixes the keys with `eval_` (`eval_accuracy`, `eval_f1`, ...). Not meant for `batch_eval_metrics=True`.
 
     Args:
         id2label (`dict[int | str, str]` or `list[str]`): Class names by id; predictions outside it are an error.
     """
     ids = list(_normalize_id2label(id2label))
-    for name in SCALAR_METRICS:
-        load_metric(name)
+    load_metric()
 
     def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
         logits = eval_prediction.predictions
         if isinstance(logits, (tuple, list)) and not np.isscalar(logits[0]):
             logits = logits[0]  # models returning extra outputs: logits come first
         predictions, references = _as_class_ids(logits, eval_prediction.label_ids, ids)
-        return _scalar_metrics(predictions, references)
+        return _scalars(_compute(predictions, references))
 
     return compute_metrics
 
