@@ -261,9 +261,9 @@ def main(argv=None) -> int:
     import torch
     from transformers import set_seed
 
+    from hftransfer.building import build_model_and_processor, load_recipe_data
     from hftransfer.data import ImageClassificationCollator, build_transforms
     from hftransfer.training import StagedFineTuner
-    from hftransfer.training.staged import _build_model
 
     machine = _common.machine_info()
     versions = _common.library_versions()
@@ -271,13 +271,11 @@ def main(argv=None) -> int:
     finetune_steps = args.finetune_images // args.batch_size
     print(f"[{NAME}] threads={threads} work dir {work}")
 
-    probe = StagedFineTuner(
-        make_recipe(args, work / "probe", work / "probe-cache", args.frozen_epochs, finetune_steps)
-    )
-    data, _ = probe._load_data()
+    probe_recipe = make_recipe(args, work / "probe", work / "probe-cache", args.frozen_epochs, finetune_steps)
+    data, _ = load_recipe_data(probe_recipe)
     id2label = {int(k): v for k, v in data.id2label.items()}
     set_seed(args.seed)
-    hf_init, processor = _build_model(probe.recipe, id2label)
+    hf_init, processor = build_model_and_processor(probe_recipe, id2label)
     train_split = data.splits["train"]
     rows = train_split.with_transform(build_transforms(processor))
     batch = ImageClassificationCollator()([rows[i] for i in range(len(rows))])

@@ -131,20 +131,20 @@ def main() -> int:
     from torch.utils.data import DataLoader
     from transformers import set_seed
 
+    from hftransfer.building import build_model_and_processor, load_recipe_data
     from hftransfer.data import ImageClassificationCollator, build_transforms
     from hftransfer.training import StagedFineTuner
-    from hftransfer.training.staged import _build_model
 
     machine = _common.machine_info()
     versions = _common.library_versions()
     work = Path(tempfile.mkdtemp(prefix="hftransfer-bench-unfrozen-"))
     print(f"[{NAME}] threads={threads} work dir {work}")
 
-    probe = StagedFineTuner(make_recipe(args, work / "probe", args.steps))
-    data, _ = probe._load_data()
+    probe_recipe = make_recipe(args, work / "probe", args.steps)
+    data, _ = load_recipe_data(probe_recipe)
     id2label = {int(k): v for k, v in data.id2label.items()}
     set_seed(args.seed)
-    hf_init, processor = _build_model(probe.recipe, id2label)
+    hf_init, processor = build_model_and_processor(probe_recipe, id2label)
     transform = build_transforms(processor)
     collator = ImageClassificationCollator()
     train_split = data.splits["train"]

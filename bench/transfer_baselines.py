@@ -156,8 +156,8 @@ def main() -> None:
     parser.add_argument("--name", default=None, help="results file suffix (default: recipe or data name)")
     args = parser.parse_args()
 
+    from hftransfer.building import load_recipe_data
     from hftransfer.recipes import recipe_from_dict
-    from hftransfer.training import StagedFineTuner
 
     started = time.perf_counter()
     recipe = base_recipe(args)
@@ -166,7 +166,7 @@ def main() -> None:
     cache_dir = work_dir / "feature-cache"
     # The recipe's own data selection (max_train_samples, validation split, test split): every row uses it.
     recipe.setdefault("training", {})["output_dir"] = str(work_dir / "staged")
-    data, test_split = StagedFineTuner(recipe_from_dict(recipe))._load_data()
+    data, test_split = load_recipe_data(recipe_from_dict(recipe))
     split = test_split or "validation"
     scores: dict[str, dict[str, float]] = {}
     test_sets = {split: data}

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from hftransfer import TransferConfig, TransferForImageClassification
+from hftransfer.building import transfer_config_kwargs
 from hftransfer.recipes import (
     Recipe,
     RecipeError,
@@ -24,19 +25,8 @@ NUM_LABELS = 10
 
 def model_config(recipe: Recipe, num_labels: int = NUM_LABELS) -> TransferConfig:
     """The `TransferConfig` a recipe's model section describes (what training builds, without the weights)."""
-    model = recipe.model
-    return TransferConfig(
-        backbone=model.backbone,
-        image_size=model.image_size,
-        head=model.head,
-        pooling=model.pooling,
-        hidden_sizes=model.hidden_sizes,
-        activation=model.activation,
-        dropout=model.dropout,
-        fusion_stages=model.fusion_stages,
-        extra_features_dim=len(recipe.data.extra_feature_columns),
-        num_labels=num_labels,
-    )
+    id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    return TransferConfig(**transfer_config_kwargs(recipe.model, recipe.data, id2label))
 
 
 def test_every_recipe_file_is_shipped():
@@ -307,3 +297,26 @@ def test_recipe_changes_lists_what_changes_results_and_skips_safe_keys():
     ]
     assert recipe_changes(ran, new, ["stages", "stages.*.epochs", "training.*"]) == []
     assert recipe_changes(ran, new, ["*"]) == []
+
+
+def test_build_model_and_processor_follows_the_model_section(tmp_path):
+    from hftransfer.building import build_model_and_processor
+
+    recipe = recipe_from_dict(
+        {"model": {"backbone_weights": "random", "image_size": 32, "pooling": "avg", "hidden_sizes": [8]}}
+    )
+    id2label = {0: "cat", 1: "dog", 2: "bird"}
+    model, processor = build_model_and_processor(recipe, id2label)
+    expected = TransferConfig(**transfer_config_kwargs(recipe.model, recipe.data, id2label))
+    for key in transfer_config_kwargs(recipe.model, recipe.data, id2label):
+        assert getattr(model.config, key) == getattr(expected, key), key
+    assert model.config.label2id == {"cat": 0, "dog": 1, "bird": 2}
+    assert processor.size["height"] == 32
+    # init_from loads a trained model as it is; its labels must be the dataset's.
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    recipe.model.init_from = str(tmp_path)
+    loaded, _ = build_model_and_processor(recipe, id2label)
+    assert loaded.config.id2label == id2label
+    with pytest.raises(ValueError, match="predicts labels"):
+        build_model_and_processor(recipe, {0: "cat", 1: "dog"})
