@@ -12,8 +12,8 @@ import importlib.resources
 import json
 import math
 import re
-import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,21 +100,19 @@ def _checkpoint_parameter_counts(output_dir: Path) -> tuple[int, int] | None:
         files = ["model.safetensors"]
     else:
         return None
+    from safetensors import SafetensorError, safe_open
+
     backbone = head = 0
     try:
         for name in files:
-            with open(output_dir / name, "rb") as handle:
-                (length,) = struct.unpack("<Q", handle.read(8))  # safetensors: u64 header size, then JSON header
-                header = json.loads(handle.read(length))
-            for key, info in header.items():
-                if key == "__metadata__":
-                    continue
-                count = math.prod(info["shape"])
-                if key.startswith("backbone."):
-                    backbone += count
-                else:
-                    head += count
-    except (OSError, ValueError, KeyError, struct.error):
+            with safe_open(output_dir / name, framework="numpy") as checkpoint:
+                for key in checkpoint.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
+                    count = math.prod(checkpoint.get_slice(key).get_shape())
+                    if key.startswith("backbone."):
+                        backbone += count
+                    else:
+                        head += count
+    except (OSError, ValueError, SafetensorError):
         return None  # an unreadable checkpoint only costs the card its parameter counts
     return backbone, head
 
@@ -313,96 +311,225 @@ def _card_data(
     )
 
 
-def _template_context(
-    output_dir: Path,
-    config: Mapping[str, Any],
-    metrics: Mapping[str, Any],
-    recipe: Mapping[str, Any] | None,
-    recipe_text: str | None,
-    model_id: str,
-    model_name: str,
-) -> dict[str, Any]:
-    recipe = recipe or {}
-    id2label = config.get("id2label") or metrics.get("id2label") or {}
-    labels = [str(name) for _, name in sorted(((int(k), v) for k, v in id2label.items()), key=lambda kv: kv[0])]
-    num_labels = len(labels)
-    dataset = dict(metrics.get("dataset") or {})
-    training = metrics.get("training") or {}
-    final = metrics["final"]
-    splits = _splits(final)
-    primary = "test" if "test" in splits else splits[0]
-    backbone = str(config.get("backbone", "vgg16"))
-    image_size = int(training.get("image_size") or config.get("image_size") or 224)
-    weights_source = config.get("backbone_weights") or metrics.get("backbone_weights")
-    if weights_source is None:
-        weights_source = (recipe.get("model") or {}).get("backbone_weights")
+@dataclass(frozen=True)
+class _CardInputs:
+    """What the card sections share, read once from the training outputs."""
 
-    counts = _checkpoint_parameter_counts(output_dir)
-    stage_records = metrics.get("stages") or []
+    output_dir: Path
+    config: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    recipe: Mapping[str, Any]
+    labels: list[str]
+    dataset: dict[str, Any]
+    training: Mapping[str, Any]
+    final: Mapping[str, Any]
+    splits: list[str]
+    primary: str
+    backbone: str
+    image_size: int
+    weights_source: Any
+    stage_records: list[Mapping[str, Any]]
+
+    @classmethod
+    def read(
+        cls, output_dir: Path, config: Mapping[str, Any], metrics: Mapping[str, Any], recipe: Mapping[str, Any]
+    ) -> _CardInputs:
+        id2label = config.get("id2label") or metrics.get("id2label") or {}
+        labels = [str(name) for _, name in sorted(((int(k), v) for k, v in id2label.items()), key=lambda kv: kv[0])]
+        training = metrics.get("training") or {}
+        final = metrics["final"]
+        splits = _splits(final)
+        weights_source = config.get("backbone_weights") or metrics.get("backbone_weights")
+        if weights_source is None:
+            weights_source = (recipe.get("model") or {}).get("backbone_weights")
+        return cls(
+            output_dir=output_dir,
+            config=config,
+            metrics=metrics,
+            recipe=recipe,
+            labels=labels,
+            dataset=dict(metrics.get("dataset") or {}),
+            training=training,
+            final=final,
+            splits=splits,
+            primary="test" if "test" in splits else splits[0],
+            backbone=str(config.get("backbone", "vgg16")),
+            image_size=int(training.get("image_size") or config.get("image_size") or 224),
+            weights_source=weights_source,
+            stage_records=metrics.get("stages") or [],
+        )
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def pretrained(self) -> bool:
+        return _is_pretrained(self.weights_source)
+
+    def image(self, name: str) -> str | None:
+        """`name` when the output folder has that picture, else `None` (the template leaves it out)."""
+        return name if (self.output_dir / name).is_file() else None
+
+
+def _model_section(inputs: _CardInputs) -> dict[str, Any]:
+    """The model: backbone, weights, head, input size, labels and parameter counts."""
+    config = inputs.config
+    counts = _checkpoint_parameter_counts(inputs.output_dir)
     total_parameters = counts and sum(counts)
     if not total_parameters:
-        total_parameters = max((s.get("total_parameters") or 0 for s in stage_records), default=0) or None
+        total_parameters = max((s.get("total_parameters") or 0 for s in inputs.stage_records), default=0) or None
+    return {
+        "backbone": inputs.backbone,
+        "backbone_display": _backbone_display(inputs.backbone),
+        "weights_description": _weights_description(inputs.weights_source),
+        "head_type": config.get("head", "classification"),
+        "head_description": _head_description(config, inputs.num_labels),
+        "image_size": inputs.image_size,
+        "num_labels": inputs.num_labels,
+        "labels": inputs.labels,
+        "parameters": {
+            "total": _integer(total_parameters),
+            "backbone": _integer(counts[0]) if counts else "–",
+            "head": _integer(counts[1]) if counts else "–",
+        },
+        "extra_features_dim": int(config.get("extra_features_dim") or 0),
+    }
 
-    recipe_stages = {s.get("name"): s for s in recipe.get("stages") or [] if isinstance(s, Mapping)}
-    stage_rows = []
-    for stage in stage_records:
-        trainable = stage.get("trainable", "–")
-        k = (recipe_stages.get(stage.get("name")) or {}).get("last_k_blocks")
-        trainable_text = {
-            "head": "head only (backbone frozen)",
-            "all": "whole model",
-            "last_k": f"last {k} block(s) + head" if k else "last blocks + head",
-        }.get(trainable, str(trainable))
-        trainable_parameters, stage_total = stage.get("trainable_parameters"), stage.get("total_parameters")
-        fraction = (
-            trainable_parameters / stage_total
-            if isinstance(trainable_parameters, (int, float)) and isinstance(stage_total, (int, float)) and stage_total
-            else None
-        )
-        # A head is a tiny share of a VGG: show it with two decimals rather than as "0.0%".
-        share = "" if fraction is None else f" ({fraction:.2%})" if fraction < 0.1 else f" ({fraction:.0%})"
-        lr, scale = stage.get("learning_rate"), stage.get("backbone_lr_scale", 1.0)
-        backbone_lr = (
-            "–"
-            if trainable == "head" or not isinstance(lr, (int, float)) or not isinstance(scale, (int, float))
-            else _lr(lr * scale)
-        )
-        max_steps = stage.get("max_steps", -1)
-        length = (
-            f"{max_steps} steps"
-            if isinstance(max_steps, int) and max_steps > 0
-            else f"{_lr(stage.get('epochs'))} epochs"
-        )
-        if stage.get("stopped_early_at_step"):
-            length += f", stopped early at step {stage['stopped_early_at_step']}"
-        augmentation = stage.get("augmentation", "–")
-        regularization = stage.get("regularization") or {}
-        extras = [f"{key.replace('_', ' ')} {value:g}" for key, value in regularization.items()]
-        if isinstance(stage.get("layer_lr_decay"), (int, float)) and stage["layer_lr_decay"] != 1:
-            extras.append(f"layer LR decay {stage['layer_lr_decay']:g}")
-        validation = stage.get("validation") or {}
-        stage_rows.append(
-            {
-                "name": _cell(stage.get("name", "–")),
-                "trainable": _cell(trainable_text),
-                "parameters": f"{_integer(trainable_parameters)}{share}",
-                "length": length,
-                "learning_rate": _lr(lr),
-                "backbone_lr": backbone_lr,
-                "scheduler": _cell(stage.get("lr_scheduler_type", "–")),
-                "optimizer": _cell(stage.get("optimizer", "–")),
-                "weight_decay": _lr(stage.get("weight_decay")),
-                "feature_cache": "yes" if stage.get("used_feature_cache") else "no",
-                "augmentation": _cell(
-                    augmentation if isinstance(augmentation, str) else "custom: " + json.dumps(augmentation)
-                ),
-                "regularization": _cell(", ".join(extras) or "–"),
-                "wall_time": _duration(stage.get("wall_time_s")),
-                "val_accuracy": _number(validation.get("accuracy")),
-                "val_f1": _number(validation.get("f1")),
-            }
-        )
 
+def _summary(inputs: _CardInputs) -> str:
+    """The card's opening paragraph: what the model is and how it scored on the primary split."""
+    primary_metrics = inputs.final[inputs.primary]
+    stage_names = [str(s.get("name")) for s in inputs.stage_records]
+    return (
+        f"An image classifier ({inputs.num_labels} classes) made by transfer learning with "
+        f"hftransfer: a {_backbone_display(inputs.backbone)} conv base "
+        f"{'pretrained on ImageNet' if inputs.pretrained else '(not pretrained)'} with a new head, fine-tuned on "
+        f"{inputs.dataset.get('name') or 'a custom dataset'}"
+        + (f" in {len(stage_names)} stage(s) ({', '.join(stage_names)})" if stage_names else "")
+        + f". {inputs.primary.capitalize()} accuracy: {_number(primary_metrics.get('accuracy'))}"
+        + f" (macro F1 {_number(primary_metrics.get('f1'))}, {_integer(primary_metrics.get('num_samples'))} images)."
+    )
+
+
+def _warnings_section(inputs: _CardInputs) -> list[str]:
+    """Training warnings (a collapsed model, chance accuracy, ...) recorded in metrics.json."""
+    return [str(w) for w in inputs.metrics.get("warnings") or []]
+
+
+def _selection_section(inputs: _CardInputs) -> str | None:
+    """Which checkpoint became the final model and why (`training.model_selection`), when recorded."""
+    selected = inputs.metrics.get("selected") or {}
+    if not selected.get("reason"):
+        return None
+    value = selected.get("value")
+    return (
+        f"Model selection ({selected.get('policy', 'best')}, by validation {selected.get('metric')}): "
+        f"{selected['reason']}"
+        + (f" (validation {selected.get('metric')} {_number(value)})." if isinstance(value, (int, float)) else ".")
+    )
+
+
+def _dataset_section(inputs: _CardInputs) -> dict[str, Any]:
+    dataset = inputs.dataset
+    return {
+        "name": dataset.get("name") or "custom dataset",
+        "hub_id": dataset.get("hub_id"),
+        "num_train": _integer(dataset.get("num_train")),
+        "num_validation": _integer(dataset.get("num_validation")),
+        "num_test": _integer(dataset.get("num_test")),
+    }
+
+
+def _stage_row(stage: Mapping[str, Any], recipe_stage: Mapping[str, Any]) -> dict[str, str]:
+    """One row of the stages table: what trained, for how long, with which optimiser settings, and its score."""
+    trainable = stage.get("trainable", "–")
+    k = recipe_stage.get("last_k_blocks")
+    trainable_text = {
+        "head": "head only (backbone frozen)",
+        "all": "whole model",
+        "last_k": f"last {k} block(s) + head" if k else "last blocks + head",
+    }.get(trainable, str(trainable))
+    trainable_parameters, stage_total = stage.get("trainable_parameters"), stage.get("total_parameters")
+    fraction = (
+        trainable_parameters / stage_total
+        if isinstance(trainable_parameters, (int, float)) and isinstance(stage_total, (int, float)) and stage_total
+        else None
+    )
+    # A head is a tiny share of a VGG: show it with two decimals rather than as "0.0%".
+    share = "" if fraction is None else f" ({fraction:.2%})" if fraction < 0.1 else f" ({fraction:.0%})"
+    lr, scale = stage.get("learning_rate"), stage.get("backbone_lr_scale", 1.0)
+    backbone_lr = (
+        "–"
+        if trainable == "head" or not isinstance(lr, (int, float)) or not isinstance(scale, (int, float))
+        else _lr(lr * scale)
+    )
+    max_steps = stage.get("max_steps", -1)
+    length = (
+        f"{max_steps} steps" if isinstance(max_steps, int) and max_steps > 0 else f"{_lr(stage.get('epochs'))} epochs"
+    )
+    if stage.get("stopped_early_at_step"):
+        length += f", stopped early at step {stage['stopped_early_at_step']}"
+    augmentation = stage.get("augmentation", "–")
+    regularization = stage.get("regularization") or {}
+    extras = [f"{key.replace('_', ' ')} {value:g}" for key, value in regularization.items()]
+    if isinstance(stage.get("layer_lr_decay"), (int, float)) and stage["layer_lr_decay"] != 1:
+        extras.append(f"layer LR decay {stage['layer_lr_decay']:g}")
+    validation = stage.get("validation") or {}
+    return {
+        "name": _cell(stage.get("name", "–")),
+        "trainable": _cell(trainable_text),
+        "parameters": f"{_integer(trainable_parameters)}{share}",
+        "length": length,
+        "learning_rate": _lr(lr),
+        "backbone_lr": backbone_lr,
+        "scheduler": _cell(stage.get("lr_scheduler_type", "–")),
+        "optimizer": _cell(stage.get("optimizer", "–")),
+        "weight_decay": _lr(stage.get("weight_decay")),
+        "feature_cache": "yes" if stage.get("used_feature_cache") else "no",
+        "augmentation": _cell(
+            augmentation if isinstance(augmentation, str) else "custom: " + json.dumps(augmentation)
+        ),
+        "regularization": _cell(", ".join(extras) or "–"),
+        "wall_time": _duration(stage.get("wall_time_s")),
+        "val_accuracy": _number(validation.get("accuracy")),
+        "val_f1": _number(validation.get("f1")),
+    }
+
+
+def _stages_section(inputs: _CardInputs) -> list[dict[str, str]]:
+    """The stages table, one row per stage that ran (the recipe adds what metrics.json does not record)."""
+    recipe_stages = {s.get("name"): s for s in inputs.recipe.get("stages") or [] if isinstance(s, Mapping)}
+    return [_stage_row(stage, recipe_stages.get(stage.get("name")) or {}) for stage in inputs.stage_records]
+
+
+def _training_section(inputs: _CardInputs) -> dict[str, Any]:
+    """Batch sizes, precision, seed, hardware and wall time of the run."""
+    training, metrics = inputs.training, inputs.metrics
+    world_size = training.get("world_size") or 1
+    batch = training.get("per_device_train_batch_size")
+    return {
+        "batch_size": _integer(batch),
+        "world_size": _integer(world_size),
+        "global_batch_size": _integer(batch * world_size) if isinstance(batch, int) else "–",
+        "precision": training.get("precision", "–"),
+        "seed": training.get("seed", "–"),
+        "hardware": metrics.get("hardware") or "–",
+        "wall_time": _duration(metrics.get("wall_time_s")),
+    }
+
+
+def _recipe_section(inputs: _CardInputs, recipe_text: str | None) -> dict[str, Any]:
+    """The recipe's name and its YAML as it ran (the card shows it to reproduce the run)."""
+    return {
+        "recipe_name": inputs.metrics.get("recipe_name") or inputs.recipe.get("name"),
+        "recipe_yaml": (recipe_text or "").strip() or None,
+    }
+
+
+def _results_section(inputs: _CardInputs) -> dict[str, Any]:
+    """The results table (one row per split) and the per-class accuracy table (one column per split)."""
+    final, splits = inputs.final, inputs.splits
     result_rows = []
     for split in splits:
         m = final[split]
@@ -424,27 +551,40 @@ def _template_context(
             "label": _cell(label),
             "values": [_number((final[s].get("per_class_accuracy") or {}).get(label)) for s in splits],
         }
-        for label in labels
+        for label in inputs.labels
     ]
+    return {
+        "splits": splits,
+        "primary_split": inputs.primary,
+        "result_rows": result_rows,
+        "per_class_rows": per_class_rows,
+    }
 
-    def image(name: str) -> str | None:
-        return name if (output_dir / name).is_file() else None
 
+def _plots_section(inputs: _CardInputs) -> dict[str, Any]:
+    """The PNG plots training wrote: training curves, final and per-stage confusion matrices."""
     stage_images = [
         {"stage": stage.get("name"), "file": f"confusion_matrix_{stage.get('name')}.png"}
-        for stage in stage_records
-        if image(f"confusion_matrix_{stage.get('name')}.png")
+        for stage in inputs.stage_records
+        if inputs.image(f"confusion_matrix_{stage.get('name')}.png")
     ]
+    return {
+        "training_curves": inputs.image("training_curves.png"),
+        "confusion_matrix": inputs.image("confusion_matrix.png"),
+        "stages": stage_images,
+    }
 
-    primary_metrics = final[primary]
+
+def _limitations_section(inputs: _CardInputs) -> list[str]:
+    """What the model cannot do and how far its numbers can be trusted, from what the run recorded."""
+    config, image_size, backbone, pretrained = inputs.config, inputs.image_size, inputs.backbone, inputs.pretrained
+    primary, primary_metrics = inputs.primary, inputs.final[inputs.primary]
     interval = _accuracy_interval(primary_metrics.get("accuracy"), primary_metrics.get("num_samples"))
-    fashion_mnist = _is_fashion_mnist(dataset)
-    pretrained = _is_pretrained(weights_source)
     limitations = [
-        f"It knows only the {num_labels} classes it was trained on and gives one of them to any image, including "
-        'images of something else entirely; there is no "none of these" answer.'
+        f"It knows only the {inputs.num_labels} classes it was trained on and gives one of them to any image, "
+        'including images of something else entirely; there is no "none of these" answer.'
     ]
-    if fashion_mnist:
+    if _is_fashion_mnist(inputs.dataset):
         limitations.append(
             f"Fashion-MNIST images are 28x28 grayscale Zalando product photos on a plain background, here upscaled to "
             f"{image_size}x{image_size} and replicated to 3 channels. Real photos of clothes (people, backgrounds, "
@@ -471,7 +611,7 @@ def _template_context(
             f"The {primary} numbers come from {_integer(primary_metrics.get('num_samples'))} images: the 95% interval "
             f"of the accuracy is about ±{interval * 100:.1f} points, so small differences between runs mean little."
         )
-    if "test" not in splits:
+    if "test" not in inputs.splits:
         limitations.append(
             "There was no separate test split: the final numbers are on the validation split, which also guided "
             "training, so they are optimistic."
@@ -485,83 +625,44 @@ def _template_context(
         "It was not evaluated for robustness to distribution shift, adversarial inputs or fairness; do not use it "
         "for decisions that matter without validating it on your own data."
     )
+    return limitations
 
-    stage_names = [str(s.get("name")) for s in stage_records]
-    summary = (
-        f"An image classifier ({num_labels} classes) made by transfer learning with "
-        f"hftransfer: a {_backbone_display(backbone)} conv base "
-        f"{'pretrained on ImageNet' if pretrained else '(not pretrained)'} with a new head, fine-tuned on "
-        f"{dataset.get('name') or 'a custom dataset'}"
-        + (f" in {len(stage_names)} stage(s) ({', '.join(stage_names)})" if stage_names else "")
-        + f". {primary.capitalize()} accuracy: {_number(primary_metrics.get('accuracy'))}"
-        + f" (macro F1 {_number(primary_metrics.get('f1'))}, {_integer(primary_metrics.get('num_samples'))} images)."
-    )
-    world_size = training.get("world_size") or 1
-    batch = training.get("per_device_train_batch_size")
-    versions = metrics.get("versions") or {}
-    version_rows = [{"name": "hftransfer", "version": versions.get("hftransfer", "–")}] + [
+
+def _versions_section(inputs: _CardInputs) -> list[dict[str, Any]]:
+    """Library versions of the run, hftransfer first."""
+    versions = inputs.metrics.get("versions") or {}
+    return [{"name": "hftransfer", "version": versions.get("hftransfer", "–")}] + [
         {"name": name, "version": value} for name, value in versions.items() if name != "hftransfer"
     ]
-    selected = metrics.get("selected") or {}
-    selection = None
-    if selected.get("reason"):
-        value = selected.get("value")
-        selection = (
-            f"Model selection ({selected.get('policy', 'best')}, by validation {selected.get('metric')}): "
-            f"{selected['reason']}"
-            + (f" (validation {selected.get('metric')} {_number(value)})." if isinstance(value, (int, float)) else ".")
-        )
+
+
+def _template_context(
+    output_dir: Path,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    recipe: Mapping[str, Any] | None,
+    recipe_text: str | None,
+    model_id: str,
+    model_name: str,
+) -> dict[str, Any]:
+    """The `card` variable of the template, assembled section by section."""
+    inputs = _CardInputs.read(output_dir, config, metrics, recipe or {})
     return {
         "model_id": model_id,
         "model_name": model_name,
-        "summary": summary,
-        "warnings": [str(w) for w in metrics.get("warnings") or []],
-        "selection": selection,
-        "backbone": backbone,
-        "backbone_display": _backbone_display(backbone),
-        "weights_description": _weights_description(weights_source),
-        "head_type": config.get("head", "classification"),
-        "head_description": _head_description(config, num_labels),
-        "image_size": image_size,
-        "num_labels": num_labels,
-        "labels": labels,
-        "parameters": {
-            "total": _integer(total_parameters),
-            "backbone": _integer(counts[0]) if counts else "–",
-            "head": _integer(counts[1]) if counts else "–",
-        },
-        "extra_features_dim": int(config.get("extra_features_dim") or 0),
-        "dataset": {
-            "name": dataset.get("name") or "custom dataset",
-            "hub_id": dataset.get("hub_id"),
-            "num_train": _integer(dataset.get("num_train")),
-            "num_validation": _integer(dataset.get("num_validation")),
-            "num_test": _integer(dataset.get("num_test")),
-        },
-        "fashion_mnist": fashion_mnist,
-        "stage_rows": stage_rows,
-        "training": {
-            "batch_size": _integer(batch),
-            "world_size": _integer(world_size),
-            "global_batch_size": _integer(batch * world_size) if isinstance(batch, int) else "–",
-            "precision": training.get("precision", "–"),
-            "seed": training.get("seed", "–"),
-            "hardware": metrics.get("hardware") or "–",
-            "wall_time": _duration(metrics.get("wall_time_s")),
-        },
-        "recipe_name": metrics.get("recipe_name") or recipe.get("name"),
-        "recipe_yaml": (recipe_text or "").strip() or None,
-        "splits": splits,
-        "primary_split": primary,
-        "result_rows": result_rows,
-        "per_class_rows": per_class_rows,
-        "images": {
-            "training_curves": image("training_curves.png"),
-            "confusion_matrix": image("confusion_matrix.png"),
-            "stages": stage_images,
-        },
-        "limitations": limitations,
-        "version_rows": version_rows,
+        "summary": _summary(inputs),
+        "warnings": _warnings_section(inputs),
+        "selection": _selection_section(inputs),
+        **_model_section(inputs),
+        "dataset": _dataset_section(inputs),
+        "fashion_mnist": _is_fashion_mnist(inputs.dataset),
+        "stage_rows": _stages_section(inputs),
+        "training": _training_section(inputs),
+        **_recipe_section(inputs, recipe_text),
+        **_results_section(inputs),
+        "images": _plots_section(inputs),
+        "limitations": _limitations_section(inputs),
+        "version_rows": _versions_section(inputs),
     }
 
 

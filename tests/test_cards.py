@@ -282,3 +282,15 @@ def test_bad_inputs_clear_errors(tmp_path, output_dir):
     card = render_model_card(tmp_path, write=False)
     assert card.data.eval_results[0].metric_value == 0.5
     assert "![" not in card.text
+
+
+def test_parameter_counts_from_the_checkpoint_header(output_dir, rendered, tmp_path):
+    from hftransfer.cards import _checkpoint_parameter_counts
+
+    model = TransferForImageClassification.from_pretrained(output_dir)
+    backbone = sum(p.numel() for name, p in model.named_parameters() if name.startswith("backbone."))
+    assert _checkpoint_parameter_counts(output_dir) == (backbone, model.num_parameters() - backbone)
+    assert f"| Parameters | {model.num_parameters():,} (backbone {backbone:,}," in rendered.text
+    # An unreadable checkpoint only costs the card its counts.
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not js")
+    assert _checkpoint_parameter_counts(tmp_path) is None
