@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import YAMLLimitError
+
 __all__ = [
     "YAMLLimitError",
     "apply_umask_mode",
@@ -147,10 +149,6 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_ALIASES = 100
 # Nodes after expanding every alias: what a consumer that walks the data (a dataclass, str(), json) would see.
 MAX_YAML_NODES = 100_000
-
-
-class YAMLLimitError(ValueError):
-    """YAML refused before it is built: too large, too many aliases, or aliases that expand too far."""
 
 
 def _bounded_loader(max_aliases: int, max_nodes: int, where: str):

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import ExportError
+
 if TYPE_CHECKING:
     import numpy as np
     from transformers import PreTrainedModel
@@ -44,10 +46,6 @@ DEFAULT_ATOL = 1e-4
 # The graph is traced with one batch size and verified with another: a batch axis that was not dynamic fails.
 _TRACE_BATCH_SIZE = 2
 _VERIFY_BATCH_SIZE = 3
-
-
-class ExportError(ValueError):
-    """An export that cannot be made or that does not match PyTorch; the message says what and why."""
 
 
 @dataclass

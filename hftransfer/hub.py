@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import HubPushError
+
 logger = logging.getLogger(__name__)
 
 # Files of a training output folder that make up the model (besides the code files named by `auto_map`).
@@ -54,10 +56,6 @@ _RELATIVE_IMPORT_RE = re.compile(r"^\s*from\s+\.(\w+)\s+import\s", re.MULTILINE)
 # huggingface_hub closes its shared HTTP client after a connection error; a request racing with that fails so.
 _CLOSED_CLIENT = "client has been closed"
 _TRAIN_HINT = "A finished `hftransfer train` run writes them into its training.output_dir: push that folder."
-
-
-class HubPushError(RuntimeError):
-    """A push to the Hub could not be done. The message says why and what to do; the command line prints it as is."""
 
 
 # --- the output folder --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 
 from ._io import write_json_atomic
+from .errors import InferenceError
 from .image_processing_hftransfer import TransferImageProcessor, convert_to_rgb_image
 
 if TYPE_CHECKING:
@@ -46,10 +47,6 @@ METRICS_FILE = "metrics.json"
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 # A Hub repo id ("user/name" or "name"); anything else that does not exist locally is a missing local path.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class InferenceError(ValueError):
-    """A model, image or dataset given to prediction/evaluation is unusable; the message names it."""
 
 
 # --- loading --------------------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from .configuration_hftransfer import (
     backbone_spec,
     timm_pretrained_cfg,
 )
+from .errors import BackboneWeightsError, HfTransferError, HubWeightsUnavailableError, WeightsNotFoundError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -91,18 +92,6 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KERAS_CONV = re.compile(r"block(\d+)_conv(\d+)")
 _FEATURES_KEY = re.compile(r"^((?:[^.]+\.)*?)features\.(\d+)\.(\w+)$")
 _TRUTHY = {"1", "on", "yes", "true"}
-
-
-class BackboneWeightsError(ValueError):
-    """Backbone weights that cannot be used: unreadable file, wrong keys or shapes, wrong backbone."""
-
-
-class WeightsNotFoundError(BackboneWeightsError, FileNotFoundError):
-    """A weights file or the package providing it is missing."""
-
-
-class HubWeightsUnavailableError(BackboneWeightsError, ConnectionError):
-    """Weights that need the Hugging Face Hub could not be fetched (offline, unreachable, missing repo)."""
 
 
 def _offline_alternatives() -> str:
@@ -927,8 +916,8 @@ def save_backbone_weights(weights: BackboneWeights, path: str | os.PathLike) -> 
     return hashlib.sha256(data).hexdigest()
 
 
-class _CacheInvalid(Exception):
-    pass
+class _CacheInvalid(HfTransferError):
+    """A cache entry that cannot be used (control flow inside `_read_cache`: the weights are converted again)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import PIL.Image
 import PIL.ImageOps
 
+from ..errors import BadImageError, DataError
+
 logger = logging.getLogger("hftransfer.data")
 
 CHECK_LEVELS = ("fast", "full", "none")
@@ -29,22 +31,6 @@ _DECODE_ERRORS = (
     IndexError,
     PIL.Image.DecompressionBombError,
 )
-
-
-class DataError(ValueError):
-    """A problem with the user's data (columns, labels, files, splits), with a message that says what to fix."""
-
-
-class BadImageError(DataError):
-    """One or more image files could not be read; the message names them and what was wrong."""
-
-    def __init__(self, bad_images: Sequence[BadImage]):
-        self.bad_images = tuple(bad_images)
-        noun = "image" if len(self.bad_images) == 1 else "images"
-        super().__init__(
-            f"{len(self.bad_images)} bad {noun}: {format_bad_images(self.bad_images)}. Fix or remove these files, "
-            "or pass on_bad_image='skip' to leave them out (they are counted and logged)."
-        )
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
+from ..errors import HubUnavailableError
 from . import fashion_mnist as fm
 from .images import (
     CHECK_LEVELS,
@@ -74,10 +75,6 @@ EMBEDDED_SOURCES = {
 # Files that operating systems and archivers leave in folders; never images, never worth an error.
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 HUB_PROBE_TIMEOUT_S = 3.0
-
-
-class HubUnavailableError(ConnectionError):
-    """The Hugging Face Hub (or the `HF_ENDPOINT` in use) cannot be reached, so a Hub dataset cannot be loaded."""
 
 
 @dataclass

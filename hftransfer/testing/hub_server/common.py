@@ -9,6 +9,14 @@ import logging
 import re
 from typing import Any
 
+try:  # inside the hftransfer package: the server's exceptions share hftransfer's root error
+    from ...errors import HfTransferError
+except ImportError:  # the folder run on its own (`python -m hub_server`, stdlib only): a local root instead
+
+    class HfTransferError(Exception):  # type: ignore[no-redef]
+        """Root of the server's exceptions when it runs outside the hftransfer package."""
+
+
 LOGGER_NAME = "hftransfer.testing.hub_server"
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -102,7 +110,7 @@ _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 
 
-class HubHTTPError(Exception):
+class HubHTTPError(HfTransferError):
     """An error answered to the client as an HTTP status with a JSON body and Hub-style error headers.
 
     Args:
@@ -133,11 +141,11 @@ class HubHTTPError(Exception):
         self.body = body if body is not None else {"error": message}
 
 
-class _ClientGone(Exception):
+class _ClientGone(HfTransferError):
     """The client closed the connection or stopped sending mid-body: nothing can be answered."""
 
 
-class _BadFraming(Exception):
+class _BadFraming(HfTransferError):
     """The request body framing (Content-Length / chunked encoding) is invalid: answer 400 and close."""
 
 

@@ -3,6 +3,8 @@ expressions, and limits on pattern count, pattern length and matching work per r
 
 from __future__ import annotations
 
+from .common import HfTransferError
+
 MAX_GLOB_PATTERNS = 1000  # lines of a .gitattributes / .gitignore (or a preupload's gitIgnore) that are honoured
 
 
@@ -17,7 +19,7 @@ MAX_GLOB_TEXT = 256 * 1024  # bytes of a preupload's gitIgnore
 MATCH_BUDGET = 10_000_000
 
 
-class GlobTooExpensive(Exception):
+class GlobTooExpensive(HfTransferError):
     """Matching these patterns against these paths would exceed the request's budget."""
 
 
