@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ._io import YAMLLimitError, load_yaml
+from .errors import HfTransferError
 
 TRAINABLE_CHOICES = ("head", "all", "last_k")
 AUGMENTATION_CHOICES = ("none", "light", "strong")
@@ -30,7 +31,7 @@ PREFIX_CACHE_CHOICES = ("auto", "always", "never")
 FEATURE_CACHE_DTYPES = ("float32", "float16", "bfloat16")
 
 
-class RecipeError(ValueError):
+class RecipeError(HfTransferError, ValueError):
     """A recipe (YAML file or command-line override) is invalid; the message names the key and what is expected."""
 
 
@@ -291,16 +292,26 @@ def _closest(key: str, valid: list[str]) -> str:
     return f" Did you mean '{match[0]}'?" if match else f" Valid keys: {', '.join(sorted(valid))}."
 
 
+def _annotation_text(annotation: Any) -> str:
+    # Annotations are strings here (`from __future__ import annotations`): "int", "str | None", "list[int]", ...
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def field_type_name(annotation: Any) -> str:
+    """The type a recipe key takes, from its dataclass field annotation: `int`, `str`, `list[int]`, `str | dict`
+    (without `| None`: whether null is allowed is the key's default's business)."""
+    return _annotation_text(annotation).replace(" | None", "").strip()
+
+
 def _coerce(where: str, value: Any, annotation: Any) -> Any:
     """Check/convert a YAML or command-line value against a dataclass field annotation."""
-    # Annotations are strings here (`from __future__ import annotations`): "int", "str | None", "list[int]", ...
-    text = annotation if isinstance(annotation, str) else str(annotation)
+    text = _annotation_text(annotation)
     optional = "None" in text
     if value is None:
         if optional:
             return None
         raise RecipeError(f"{where}: null is not allowed, expected {text}.")
-    base = text.replace(" | None", "").strip()
+    base = field_type_name(annotation)
     try:
         if base == "bool":
             if isinstance(value, bool):
@@ -704,6 +715,36 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     return recipe
 
 
+# --- command-line overrides -------------------------------------------------------------------------------------------
+
+# Top-level recipe keys an override may set (`--name NAME`); every other override is `--section.key`.
+TOP_LEVEL_OVERRIDE_KEYS = ("name", "description")
+
+
+def check_override_flags(
+    overrides: Sequence[str], options: Sequence[str] = (), command: str = "hftransfer train"
+) -> None:
+    """Refuse override flags that are no recipe key at all, before the recipe is loaded.
+
+    `--resum` or `--print` are typos of the command's own options, not recipe keys: the error says so (with the
+    closest option) rather than "not --section.key".
+
+    Args:
+        overrides (`Sequence[str]`): The raw `--section.key value` / `--section.key=value` strings.
+        options (`Sequence[str]`): The command's own options (`--resume`, ...), for suggestions.
+        command (`str`): The command, for the message.
+    """
+    for token in overrides:
+        if not token.startswith("--"):
+            continue
+        flag = token.split("=", 1)[0]
+        if "." not in flag and flag[2:] not in TOP_LEVEL_OVERRIDE_KEYS:
+            long_options = [option for option in options if option.startswith("--")]
+            match = difflib.get_close_matches(flag, long_options, n=1, cutoff=0.6)
+            hint = f" Did you mean '{match[0]}'?" if match else " Recipe overrides look like --section.key VALUE."
+            raise RecipeError(f"Unknown option '{flag}' for '{command}'.{hint}")
+
+
 def _parse_override_value(flag: str, raw: str) -> Any:
     """An override's value, parsed as YAML (`2`, `1e-5`, `[512,256]`, `null`); clear errors name the flag."""
     try:
@@ -758,7 +799,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 raise RecipeError(f"{flag}: no stage {selector!r}; stages are {names}.")
             stages[index][path[2]] = value
             data["stages"] = stages
-        elif len(path) == 1 and path[0] in ("name", "description"):
+        elif len(path) == 1 and path[0] in TOP_LEVEL_OVERRIDE_KEYS:
             data[path[0]] = value
         elif len(path) == 2:
             section = dict(data.get(path[0]) or {})

@@ -3,6 +3,7 @@ so that their interpreter start-ups overlap) and in-process `main([...])` calls 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -21,8 +22,9 @@ import yaml
 import hftransfer
 from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
 from hftransfer.cli import main, recipe_keys_help
+from hftransfer.errors import HfTransferError, TrainingError
 from hftransfer.inference import evaluate_model, predict
-from hftransfer.recipes import SECTIONS, StageArguments
+from hftransfer.recipes import SECTIONS, RecipeError, StageArguments
 
 FASHION_PARQUET = Path(hftransfer.__file__).parent / "data" / "fashion_mnist_subset" / "fashion_mnist_subset.parquet"
 CLASSES = ("Trouser", "Bag", "Sneaker")
@@ -348,3 +350,42 @@ def test_recipe_keys_help_is_generated_from_metadata():
     text = recipe_keys_help()
     assert "  --data.max_train_samples INT (default null): Truncate train (quick experiments)." in text
     assert "--stages.<index|name>.trainable STR (default head):" in text
+
+
+def test_every_command_is_a_module_with_register_and_run():
+    import importlib
+
+    from hftransfer.cli import build_parser
+    from hftransfer.commands import COMMANDS
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(subparsers.choices) == list(COMMANDS)
+    for command in COMMANDS:
+        module = importlib.import_module(f"hftransfer.commands.{command}")
+        assert callable(module.register) and callable(module.run)
+        assert subparsers.choices[command].get_default("func") is module.run
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (HfTransferError("ours, explained"), 1, "error: ours, explained"),
+        (TrainingError("the run stopped"), 1, "error: the run stopped"),
+        (FileNotFoundError("no such folder"), 1, "error: no such folder"),
+        (ValueError("from elsewhere"), 1, "error: from elsewhere (ValueError; --debug shows the traceback)"),
+        (RuntimeError(""), 1, "error: RuntimeError (RuntimeError; --debug shows the traceback)"),
+        (RecipeError("bad key"), 2, "error: bad key"),
+    ],
+)
+def test_errors_map_to_one_line_and_exit_code(monkeypatch, capsys, error, code, line):
+    import hftransfer.cards
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(hftransfer.cards, "render_model_card", fail)
+    monkeypatch.delenv("HFTRANSFER_DEBUG", raising=False)
+    assert main(["card", "somewhere"]) == code
+    assert capsys.readouterr().err == line + "\n"
+    with pytest.raises(type(error)):
+        main(["card", "somewhere", "--debug"])
