@@ -26,11 +26,8 @@ NOT_MODULES = ("metric_modules/",)
 
 # Exception classes that still lack the root; their owner moves them. Marked xfail(strict=True): once the class
 # derives from HfTransferError its case passes, strict xfail reports it, and the entry is deleted from here.
-PENDING = {
-    # RecipeError lives in hftransfer/recipes.py; it becomes `class RecipeError(HfTransferError, ValueError)` when
-    # recipes.py moves it into hftransfer/errors.py (the ValueError base is checked in BUILTIN_BASES below).
-    "hftransfer.recipes.RecipeError": "RecipeError is not yet moved into hftransfer.errors (recipes.py owner)",
-}
+# (RecipeError was the last one, issue 13: `class RecipeError(HfTransferError, ValueError)` in recipes.py.)
+PENDING: dict[str, str] = {}
 
 # Class -> the built-in bases it must keep (what users and the CLI catch).
 BUILTIN_BASES = {
