@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .constants import ONNX_FILE as DEFAULT_FILE_NAME
 from .errors import ExportError
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx",)
 DEFAULT_OPSET = 17
-DEFAULT_FILE_NAME = "model.onnx"
 DEFAULT_ATOL = 1e-4
 # The graph is traced with one batch size and verified with another: a batch axis that was not dynamic fails.
 _TRACE_BATCH_SIZE = 2

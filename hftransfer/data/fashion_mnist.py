@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# $HFTRANSFER_FASHION_MNIST_DIR lets users who downloaded the IDX files elsewhere (and tests) point the loader at them.
+from ..constants import FASHION_MNIST_DIR_ENV
 from .images import DataError
 
 FASHION_MNIST_CLASSES = (
@@ -40,8 +42,6 @@ FASHION_MNIST_CLASSES = (
     "Ankle boot",
 )
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-# Lets users who downloaded the IDX files elsewhere (and tests) point the loader at them.
-FASHION_MNIST_DIR_ENV = "HFTRANSFER_FASHION_MNIST_DIR"
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

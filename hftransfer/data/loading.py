@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from datasets.fingerprint import Hasher
 from datasets.table import InMemoryTable
 
+from .._offline import hub_offline, hub_timeout, probe_hub
 from ..errors import HubUnavailableError
 from . import fashion_mnist as fm
 from .images import (
@@ -74,7 +73,6 @@ EMBEDDED_SOURCES = {
 }
 # Files that operating systems and archivers leave in folders; never images, never worth an error.
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -332,7 +330,7 @@ def _from_hub(name: str, hub_kwargs: Mapping[str, Any]) -> _RawSource:
     from huggingface_hub import constants as hf_constants
 
     endpoint = hf_constants.ENDPOINT
-    offline = bool(hf_constants.HF_HUB_OFFLINE) or bool(getattr(datasets.config, "HF_HUB_OFFLINE", False))
+    offline = hub_offline()
     alternatives = (
         "Use a local image folder, a .csv/.jsonl/.parquet file, a datasets.Dataset, or the embedded "
         "'fashion-mnist-subset'; with HF_HUB_OFFLINE=1 a copy already in the local datasets cache is used."
@@ -357,17 +355,8 @@ def _from_hub(name: str, hub_kwargs: Mapping[str, Any]) -> _RawSource:
 
 
 def _require_reachable(endpoint: str, what: str, alternatives: str) -> None:
-    # A TCP connect with a short timeout answers "offline?" in seconds, where the HTTP client would retry for longer.
-    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
-        return  # through a proxy a direct connection says nothing
-    parsed = urllib.parse.urlsplit(endpoint)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((parsed.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError as err:
-        raise HubUnavailableError(
-            f"{what}: the Hub at {endpoint} is unreachable from this machine ({err}); offline? {alternatives}"
-        ) from None
+    # The shared offline policy (hftransfer._offline): one quick HEAD request, where the client would retry longer.
+    probe_hub(what, alternatives, url=endpoint, timeout=hub_timeout(DataError), error=HubUnavailableError)
 
 
 def _is_junk(name: str) -> bool:

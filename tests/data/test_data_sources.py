@@ -277,6 +277,31 @@ def test_hub_dataset_in_offline_mode_and_not_cached(monkeypatch):
         load_image_classification_dataset("someone/beans")
 
 
+def test_hub_dataset_honours_transformers_offline_and_never_probes(monkeypatch):
+    # The one offline policy (hftransfer._offline): the environment switches count even when huggingface_hub read
+    # its settings earlier; then only the local cache is tried, and a miss names offline mode.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # a probe would fail with "unreachable", not "offline mode"
+
+    def cache_miss(*args, **kwargs):
+        raise ConnectionError("not in the cache")
+
+    monkeypatch.setattr(datasets, "load_dataset", cache_miss)
+    with pytest.raises(HubUnavailableError, match=r"'someone/beans'.*offline mode"):
+        load_image_classification_dataset("someone/beans")
+
+
+def test_hub_dataset_with_an_invalid_hub_timeout_is_a_data_error(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HFTRANSFER_HUB_TIMEOUT", "soon")
+    with pytest.raises(DataError, match="HFTRANSFER_HUB_TIMEOUT='soon' is not a number of seconds"):
+        load_image_classification_dataset("someone/beans")
+
+
 def test_hub_dataset_online_path_normalises_what_load_dataset_returns(monkeypatch, images):
     from hftransfer.data import loading
 

@@ -732,11 +732,21 @@ def test_hub_id_with_unreachable_endpoint_fails_fast(monkeypatch):
         constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
     )
     start = time.monotonic()
-    with pytest.raises(W.HubWeightsUnavailableError, match="the Hub is unreachable") as info:
+    with pytest.raises(W.HubWeightsUnavailableError, match="the Hub at .* is unreachable from this machine") as info:
         W.load_backbone_weights("timm/vgg16.tv_in1k")
     assert "'keras-imagenet'" in str(info.value) and ".safetensors" in str(info.value)
     # Reported, not asserted (no timing assertions): huggingface_hub alone retries for ~25 s.
     print(f"unreachable Hub reported after {time.monotonic() - start:.2f} s")
+
+
+def test_hub_id_with_an_invalid_hub_timeout_is_a_weights_error(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HFTRANSFER_HUB_TIMEOUT", "soon")
+    with pytest.raises(W.BackboneWeightsError, match="HFTRANSFER_HUB_TIMEOUT='soon' is not a number of seconds"):
+        W.load_backbone_weights("timm/vgg16.tv_in1k")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -862,3 +872,13 @@ def test_hub_ids_already_in_the_hub_cache_load_offline(monkeypatch, tmp_path, ke
         _assert_same_state_dict(weights.state_dict, keras_weights.state_dict)
     weights = W.load_backbone_weights("someone/vgg16-features", "vgg16")
     assert weights.image_mean == (0.5, 0.5, 0.5) and weights.image_std == (0.25, 0.25, 0.25)  # from config.json
+
+
+def test_cache_folders_are_defined_once(monkeypatch, tmp_path):
+    from hftransfer import constants
+
+    monkeypatch.setenv("HFTRANSFER_CACHE", str(tmp_path / "root"))
+    assert W.default_cache_dir is constants.cache_root  # the old name is the cache ROOT, not its weights/ folder
+    assert constants.weights_cache_dir() == tmp_path / "root" / "weights"
+    assert constants.features_cache_dir() == tmp_path / "root" / "features"
+    assert constants.weights_cache_dir(tmp_path / "other") == tmp_path / "other" / "weights"
