@@ -5,6 +5,9 @@ fsynced, get the mode a plain `open(path, "w")` would give (`0o666 & ~umask`: `t
 would hide a shared run from other users and web servers), and are renamed over the destination with `os.replace`.
 Readers see the old file or the new one, never a partial one; a failure leaves no temporary file behind.
 
+safetensors headers ([`safetensors_shapes`], [`safetensors_tensor_info`]) are read with `safetensors.safe_open`, which
+validates the whole file layout, instead of parsing the header by hand.
+
 YAML read from users (recipes, command-line values) goes through [`load_yaml`]: `yaml.safe_load` with a size limit
 and a limit on aliases, so that a small file cannot expand into gigabytes ("billion laughs").
 """
@@ -29,6 +32,8 @@ __all__ = [
     "default_file_mode",
     "load_yaml",
     "replace_with_umask_mode",
+    "safetensors_shapes",
+    "safetensors_tensor_info",
     "write_bytes_atomic",
     "write_json_atomic",
     "write_text_atomic",
@@ -137,6 +142,32 @@ def write_json_atomic(
     """Write `payload` as JSON (with a trailing newline) to `path` atomically. Returns the path."""
     text = json.dumps(payload, indent=indent, default=default) + "\n"
     return write_text_atomic(path, text, fsync=fsync)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# safetensors headers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def safetensors_tensor_info(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of every tensor in a safetensors file, read from its header (no tensor is loaded).
+
+    The dtype is safetensors' name (`"F32"`, `"BF16"`, `"I64"`, ...). safetensors checks the whole file while
+    opening it: a truncated, padded or corrupt file raises `safetensors.SafetensorError`; a missing one `OSError`.
+    """
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="numpy") as reader:
+        info = {}
+        for key in reader.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
+            tensor = reader.get_slice(key)
+            info[key] = (tuple(tensor.get_shape()), tensor.get_dtype())
+    return info
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file (see [`safetensors_tensor_info`] for the errors)."""
+    return {key: shape for key, (shape, _) in safetensors_tensor_info(path).items()}
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ import logging
 import os
 import re
 import shlex
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ._io import safetensors_tensor_info
 
 # Files of a training output folder that make up the model (besides the code files named by `auto_map`).
 from .constants import (
@@ -85,18 +86,15 @@ def _auto_map_modules(auto_map: Any) -> list[str]:
 
 def _check_safetensors(path: Path) -> str | None:
     """Why `path` is not a complete safetensors file, or `None` (reads the header only, not the tensors)."""
+    from safetensors import SafetensorError
+
     try:
+        safetensors_tensor_info(path)  # safetensors checks that the header covers the whole file, exactly
+    except SafetensorError as err:
         size = path.stat().st_size
-        with open(path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > size - 8:
-                return "its header is cut off"
-            header = json.loads(handle.read(length))
-        end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as err:
-        return f"it is not a safetensors file ({type(err).__name__}: {err})"
-    if 8 + length + end != size:
-        return f"it is truncated or padded ({size} bytes, the header describes {8 + length + end})"
+        return f"it is truncated, padded or not a safetensors file ({size} bytes; safetensors: {err})"
+    except OSError as err:
+        return f"it cannot be read ({type(err).__name__}: {err})"
     return None
 
 

@@ -20,10 +20,13 @@ import os
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .._io import atomic_open
 
 # $HFTRANSFER_FASHION_MNIST_DIR lets users who downloaded the IDX files elsewhere (and tests) point the loader at them.
 from ..constants import FASHION_MNIST_DIR_ENV
@@ -208,10 +211,15 @@ def build_subset_table(
 
 
 def write_subset_parquet(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write the subset with fixed writer settings (PNG bytes do not compress further, so no codec)."""
+    """Write the subset with fixed writer settings (PNG bytes do not compress further, so no codec), atomically."""
+    with atomic_open(path, "wb") as handle:
+        _write_subset_parquet(table, handle)
+
+
+def _write_subset_parquet(table: pa.Table, sink: Any) -> None:
     pq.write_table(
         table,
-        path,
+        sink,
         version="2.6",
         compression="none",
         use_dictionary=False,

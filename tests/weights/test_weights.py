@@ -882,3 +882,19 @@ def test_cache_folders_are_defined_once(monkeypatch, tmp_path):
     assert constants.weights_cache_dir() == tmp_path / "root" / "weights"
     assert constants.features_cache_dir() == tmp_path / "root" / "features"
     assert constants.weights_cache_dir(tmp_path / "other") == tmp_path / "other" / "weights"
+
+
+def test_safetensors_shapes_helper_reads_the_header_and_refuses_incomplete_files(tmp_path):
+    from safetensors import SafetensorError
+
+    from hftransfer._io import safetensors_shapes, safetensors_tensor_info
+
+    path = tmp_path / "x.safetensors"
+    save_file({"a": torch.ones(2, 3), "b": torch.zeros(4, dtype=torch.int64)}, str(path))
+    assert safetensors_shapes(path) == {"a": (2, 3), "b": (4,)}
+    assert safetensors_tensor_info(path) == {"a": ((2, 3), "F32"), "b": ((4,), "I64")}
+    data = path.read_bytes()
+    for damaged in (data[:-4], data + b"\0" * 8, data[:12], b""):
+        path.write_bytes(damaged)
+        with pytest.raises(SafetensorError):
+            safetensors_shapes(path)
