@@ -12,14 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from testing_common import FASHION_PARQUET
 
-import hftransfer
 from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
 from hftransfer.auto_recipe import auto_recipe, choose_image_size, finetune_epochs, head_epochs
 from hftransfer.cli import main
 from hftransfer.inference import evaluate_model, predict, tta_views
 
-FASHION_PARQUET = Path(hftransfer.__file__).parent / "data" / "fashion_mnist_subset" / "fashion_mnist_subset.parquet"
 CLASSES = {1: "Trouser", 7: "Sneaker", 8: "Bag"}
 
 

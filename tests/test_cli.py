@@ -18,15 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from testing_common import FASHION_PARQUET, save_tiny_model
 
-import hftransfer
-from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
 from hftransfer.cli import main, recipe_keys_help
 from hftransfer.errors import HfTransferError, TrainingError
 from hftransfer.inference import evaluate_model, predict
 from hftransfer.recipes import SECTIONS, RecipeError, StageArguments
 
-FASHION_PARQUET = Path(hftransfer.__file__).parent / "data" / "fashion_mnist_subset" / "fashion_mnist_subset.parquet"
 CLASSES = ("Trouser", "Bag", "Sneaker")
 FASHION_IDS = {"Trouser": 1, "Sneaker": 7, "Bag": 8}
 SUBPROCESS_TIMEOUT_S = 240
@@ -37,18 +35,8 @@ def workspace(tmp_path_factory) -> SimpleNamespace:
     """A tiny saved model, real Fashion-MNIST PNGs (a folder of 9 + a labelled train/test folder) and a bad file."""
     root = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
-    config = TransferConfig(
-        image_size=32,
-        pooling="avg",
-        hidden_sizes=[8],
-        num_labels=3,
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
-        initializer_range=0.3,  # the default 0.01 gives near-uniform probabilities: ranking would be meaningless
-    )
-    model_dir = root / "model"
-    TransferForImageClassification(config).save_pretrained(model_dir)
-    TransferImageProcessor.from_transfer_config(config).save_pretrained(model_dir)
+    # initializer_range: the default 0.01 gives near-uniform probabilities, ranking would be meaningless.
+    model_dir = save_tiny_model(root / "model", CLASSES, initializer_range=0.3)
 
     rows = pq.read_table(FASHION_PARQUET, columns=["image", "label", "split"]).to_pylist()
     counts: dict[tuple[str, str], int] = {}

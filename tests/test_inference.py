@@ -11,13 +11,13 @@ import PIL.Image
 import pyarrow.parquet as pq
 import pytest
 import torch
+from testing_common import FASHION_PARQUET, tiny_config
 
 import hftransfer
 from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
 from hftransfer.data import BadImageError
 from hftransfer.inference import InferenceError, collect_image_paths, evaluate_model, load_model_and_processor, predict
 
-FASHION_PARQUET = Path(hftransfer.__file__).parent / "data" / "fashion_mnist_subset" / "fashion_mnist_subset.parquet"
 # Model label order deliberately differs from the alphabetical order an image folder gives its classes.
 CLASSES = ("Trouser", "Bag", "Sneaker")
 FASHION_IDS = {"Trouser": 1, "Sneaker": 7, "Bag": 8}
@@ -37,15 +37,7 @@ def fashion_images(split: str, per_class: int) -> dict[str, list[bytes]]:
 def build_tiny_model(directory: Path) -> Path:
     """A 32 px, 3-class model whose classifier is fitted by least squares on a few images (so predictions vary)."""
     torch.manual_seed(0)
-    config = TransferConfig(
-        image_size=32,
-        pooling="avg",
-        hidden_sizes=[8],
-        num_labels=3,
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
-        initializer_range=0.2,
-    )
+    config = tiny_config(CLASSES, initializer_range=0.2)
     model = TransferForImageClassification(config).eval()
     processor = TransferImageProcessor.from_transfer_config(config)
     fit = fashion_images("train", 20)

@@ -3,21 +3,9 @@
 import numpy as np
 import pytest
 from PIL import Image
+from testing_common import FASHION_LABELS
 
 from hftransfer.plots import plot_confusion_matrix, plot_training_curves, training_curve_series
-
-FASHION_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 
 
 def _check_png(path, min_side=300):

@@ -12,8 +12,9 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from testing_common import save_tiny_model
 
-from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
+from hftransfer import TransferForImageClassification, TransferImageProcessor
 from hftransfer.cli import main
 
 CLASSES = ("cat", "dog", "owl")
@@ -36,18 +37,7 @@ def umask_002():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    config = TransferConfig(
-        image_size=32,
-        pooling="avg",
-        hidden_sizes=[8],
-        num_labels=3,
-        id2label=dict(enumerate(CLASSES)),
-        label2id={name: i for i, name in enumerate(CLASSES)},
-    )
-    model_dir = tmp_path_factory.mktemp("model") / "run"
-    TransferForImageClassification(config).save_pretrained(model_dir)
-    TransferImageProcessor.from_transfer_config(config).save_pretrained(model_dir)
-    return model_dir
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "run", CLASSES)
 
 
 # --- item 8: every file hftransfer writes respects the umask ---------------------------------------------------------
