@@ -21,9 +21,11 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -359,3 +361,69 @@ def report(figures: Sequence[Figure]) -> None:
     print("\n== results (median of repeats; ratio > 1 means hftransfer is better) ==")
     for figure in figures:
         print(figure.line())
+
+
+# --- one benchmark run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchRun:
+    """The set-up every benchmark's `main()` shares, made by [`start_run`]; [`BenchRun.finish`] is its teardown."""
+
+    name: str
+    title: str
+    args: argparse.Namespace
+    started: float
+    threads: int
+    machine: dict[str, Any]
+    versions: dict[str, Any]
+    work: Path | None = None
+
+    def finish(
+        self,
+        figures: Sequence[Figure],
+        *,
+        settings: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Remove the work folder, print the figures and (unless `--no-write`) write the JSON results; exit code 0.
+
+        Args:
+            figures (`Sequence[Figure]`): What the benchmark measured.
+            settings (`Mapping`, *optional*): The settings to record; defaults to the parsed arguments.
+            extra (`Mapping`, *optional*): Further top-level fields of the results file.
+        """
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+        report(figures)
+        if not self.args.no_write:
+            path = write_results(
+                self.name,
+                title=self.title,
+                figures=figures,
+                settings=vars(self.args) if settings is None else settings,
+                machine=self.machine,
+                versions=self.versions,
+                extra=extra,
+                output=self.args.output,
+                started=self.started,
+            )
+            print(f"wrote {path}")
+        return 0
+
+
+def start_run(
+    name: str, title: str, args: argparse.Namespace, *, work_prefix: str | None = None, started: float | None = None
+) -> BenchRun:
+    """Set a benchmark run up from its parsed [`base_parser`] arguments: torch threads (`--threads`), the machine and
+    library versions to record, and a temporary work folder (`work_prefix`) that [`BenchRun.finish`] removes.
+
+    Prints `[name] threads=N work dir DIR`. Call [`configure_environment`] before importing torch, as always.
+    """
+    started = time.perf_counter() if started is None else started
+    threads = set_torch_threads(args.threads)
+    machine = machine_info()
+    versions = library_versions()
+    work = Path(tempfile.mkdtemp(prefix=work_prefix)) if work_prefix else None
+    print(f"[{name}] threads={threads}" + (f" work dir {work}" if work is not None else ""))
+    return BenchRun(name, title, args, started, threads, machine, versions, work)

@@ -26,9 +26,6 @@ import _common
 
 _common.configure_environment()
 
-import shutil  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 NAME = "predict"
 TITLE = "Prediction throughput: hftransfer predict / pipeline vs raw batched timm forward (decoding included)"
@@ -76,7 +73,6 @@ def build_timm_peer(hf_model):
 def main() -> int:
     args = parse_args()
     started = time.perf_counter()
-    threads = _common.set_torch_threads(args.threads)
     import numpy as np
     import PIL.Image
     import torch
@@ -88,10 +84,8 @@ def main() -> int:
     from hftransfer.inference import load_model_and_processor, predict
     from hftransfer.weights import create_model
 
-    machine = _common.machine_info()
-    versions = _common.library_versions()
-    work = Path(tempfile.mkdtemp(prefix="hftransfer-bench-predict-"))
-    print(f"[{NAME}] threads={threads} work dir {work}")
+    bench = _common.start_run(NAME, TITLE, args, work_prefix="hftransfer-bench-predict-", started=started)
+    work = bench.work
 
     # Images on disk: the embedded Fashion-MNIST test PNGs, written as files.
     test = load_image_classification_dataset("fashion-mnist-subset").splits["test"]
@@ -185,7 +179,6 @@ def main() -> int:
         sides["pipeline"] = timed(hf_pipeline)
         warm["pipeline"] = lambda: hf_pipeline(paths[:128])
     samples = _common.run_alternating(sides, repeats=args.repeats, warmup=warm)
-    shutil.rmtree(work, ignore_errors=True)
 
     figures = [
         _common.Figure(
@@ -212,21 +205,7 @@ def main() -> int:
                 note="transformers pipeline on the hftransfer model (Auto classes) vs the same raw loop",
             )
         )
-    _common.report(figures)
-    if not args.no_write:
-        path = _common.write_results(
-            NAME,
-            title=TITLE,
-            figures=figures,
-            settings=vars(args),
-            machine=machine,
-            versions=versions,
-            extra={"top1_agreement_predict_vs_raw": agreement},
-            output=args.output,
-            started=started,
-        )
-        print(f"wrote {path}")
-    return 0
+    return bench.finish(figures, extra={"top1_agreement_predict_vs_raw": agreement})
 
 
 if __name__ == "__main__":

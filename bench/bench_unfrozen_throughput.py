@@ -125,7 +125,6 @@ def build_timm_peer(hf_model, num_labels: int):
 def main() -> int:
     args = parse_args()
     started = time.perf_counter()
-    threads = _common.set_torch_threads(args.threads)
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -135,10 +134,8 @@ def main() -> int:
     from hftransfer.data import ImageClassificationCollator, build_transforms
     from hftransfer.training import StagedFineTuner
 
-    machine = _common.machine_info()
-    versions = _common.library_versions()
-    work = Path(tempfile.mkdtemp(prefix="hftransfer-bench-unfrozen-"))
-    print(f"[{NAME}] threads={threads} work dir {work}")
+    bench = _common.start_run(NAME, TITLE, args, work_prefix="hftransfer-bench-unfrozen-", started=started)
+    work = bench.work
 
     probe_recipe = make_recipe(args, work / "probe", args.steps)
     data, _ = load_recipe_data(probe_recipe)
@@ -287,7 +284,6 @@ def main() -> int:
         print(f"  step-interleaved run: {args.interleaved_steps} steps each")
         run_hftransfer(args.interleaved_steps, record=False)
         staged.TransferTrainer = StepTimedTrainer
-    shutil.rmtree(work, ignore_errors=True)
 
     figures = [
         _common.Figure(
@@ -328,20 +324,7 @@ def main() -> int:
                 "are per-step images/s",
             )
         )
-    _common.report(figures)
-    if not args.no_write:
-        path = _common.write_results(
-            NAME,
-            title=TITLE,
-            figures=figures,
-            settings={**vars(args), "train_images": len(train_split)},
-            machine=machine,
-            versions=versions,
-            output=args.output,
-            started=started,
-        )
-        print(f"wrote {path}")
-    return 0
+    return bench.finish(figures, settings={**vars(args), "train_images": len(train_split)})
 
 
 if __name__ == "__main__":
