@@ -22,7 +22,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from ._io import write_text_atomic
+from ._io import safetensors_shapes, write_text_atomic
 
 TEMPLATE_NAME = "hftransfer_model_card.md"
 METRIC_NAMES = {"accuracy": "Accuracy", "f1": "Macro F1", "precision": "Macro precision", "recall": "Macro recall"}
@@ -100,18 +100,17 @@ def _checkpoint_parameter_counts(output_dir: Path) -> tuple[int, int] | None:
         files = ["model.safetensors"]
     else:
         return None
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
 
     backbone = head = 0
     try:
         for name in files:
-            with safe_open(output_dir / name, framework="numpy") as checkpoint:
-                for key in checkpoint.keys():  # noqa: SIM118 - a safe_open handle is not a mapping
-                    count = math.prod(checkpoint.get_slice(key).get_shape())
-                    if key.startswith("backbone."):
-                        backbone += count
-                    else:
-                        head += count
+            for key, shape in safetensors_shapes(output_dir / name).items():
+                count = math.prod(shape)
+                if key.startswith("backbone."):
+                    backbone += count
+                else:
+                    head += count
     except (OSError, ValueError, SafetensorError):
         return None  # an unreadable checkpoint only costs the card its parameter counts
     return backbone, head
