@@ -303,7 +303,7 @@ def test_hub_dataset_with_an_invalid_hub_timeout_is_a_data_error(monkeypatch):
 
 
 def test_hub_dataset_online_path_normalises_what_load_dataset_returns(monkeypatch, images):
-    from hftransfer.data import loading
+    from hftransfer.data import hub_datasets
 
     features = Features({"image": Image(), "labels": ClassLabel(names=["angular_leaf_spot", "bean_rust", "healthy"])})
     calls = []
@@ -315,7 +315,7 @@ def test_hub_dataset_online_path_normalises_what_load_dataset_returns(monkeypatc
         )
         return DatasetDict({"train": make(9), "validation": make(3), "test": make(3)})
 
-    monkeypatch.setattr(loading, "_require_reachable", lambda *args: None)
+    monkeypatch.setattr(hub_datasets, "_require_reachable", lambda *args: None)  # patched where it is called
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     data = load_image_classification_dataset("AI-Lab-Makerere/beans", hub_kwargs={"revision": "main"})
     assert calls == [("AI-Lab-Makerere/beans", {"revision": "main"})]
