@@ -235,6 +235,33 @@ class TransferBackbone(nn.Module):
         final = outputs[-1]
         return final, list(outputs[: len(take)])
 
+    @property
+    def can_forward_from_stage(self) -> bool:
+        """Whether [`forward_from_stage`] works: a backbone that is a plain sequence of stages (VGG)."""
+        return self._timm_model is None
+
+    def forward_from_stage(
+        self, hidden_state: torch.Tensor, stage: int, indices: tuple[int, ...] | list[int]
+    ) -> list[torch.Tensor]:
+        """Outputs of stages `indices` (all after `stage`), computed from `hidden_state`, the output of stage `stage`.
+
+        The entry point of a frozen-prefix cache: stages `0..stage` ran once, the later ones run here every epoch.
+        """
+        if not self.can_forward_from_stage:
+            raise ValueError(f"backbone {self.name!r} cannot resume from an intermediate stage (only VGG can).")
+        if not indices or min(indices) <= stage or max(indices) >= self.num_stages:
+            raise ValueError(
+                f"indices={list(indices)} is invalid after stage {stage}: expected stages in {stage + 1}.."
+                f"{self.num_stages - 1}."
+            )
+        outputs, hidden = [], hidden_state
+        for index in range(stage + 1, max(indices) + 1):
+            start, end = self.stage_slices[index]
+            hidden = self.features[start:end](hidden)
+            if index in indices:
+                outputs.append(hidden)
+        return outputs
+
     def forward_stages(self, pixel_values: torch.Tensor, stages: tuple[int, ...] | None = None) -> list[torch.Tensor]:
         """Run the backbone and return the outputs of the requested stages (all by default), in order."""
         return self.forward_intermediates(pixel_values, stages, stop_early=True, intermediates_only=True)
@@ -529,6 +556,8 @@ class TransferForImageClassification(TransferPreTrainedModel):
         labels: torch.Tensor | None = None,
         extra_features: torch.Tensor | None = None,
         pooled_features: torch.Tensor | None = None,
+        backbone_hidden_state: torch.Tensor | None = None,
+        backbone_hidden_stage: int | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
@@ -542,8 +571,22 @@ class TransferForImageClassification(TransferPreTrainedModel):
                 Per-example feature vector for a fusion head configured with `extra_features_dim > 0`.
             pooled_features (`torch.FloatTensor` of shape `(batch_size, pooler.output_size)`, *optional*):
                 Precomputed `forward_features(pixel_values)` (cached frozen-backbone features); replaces `pixel_values`.
+            backbone_hidden_state (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
+                Output of backbone stage `backbone_hidden_stage` (a cached frozen prefix); the later stages, pooler and
+                head run on it. Replaces `pixel_values`.
+            backbone_hidden_stage (`int`, *optional*):
+                The stage `backbone_hidden_state` comes from.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if backbone_hidden_state is not None:
+            if backbone_hidden_stage is None:
+                raise ValueError(
+                    "`backbone_hidden_state` needs `backbone_hidden_stage` (the stage it is the output of)."
+                )
+            stage_outputs = self.backbone.forward_from_stage(
+                backbone_hidden_state, backbone_hidden_stage, self.pooler.stages
+            )
+            pooled_features = self.pooler(stage_outputs)
         if pooled_features is None:
             if pixel_values is None:
                 raise ValueError("Pass `pixel_values` (images) or `pooled_features` (cached backbone features).")

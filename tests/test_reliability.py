@@ -135,7 +135,7 @@ def test_every_file_of_a_training_run_respects_the_umask(tmp_path, umask_002, se
     for name in ("model.safetensors", "recipe.yaml", "stages/01-finetune/final/model.safetensors"):
         assert (tmp_path / "out" / name).is_file()
     assert list((tmp_path / "out" / "stages").glob("*/checkpoint-*/model.safetensors"))
-    assert list(cache_dir.glob("*.safetensors"))
+    assert list(cache_dir.glob("*/shard-*.safetensors"))
 
 
 def test_apply_umask_mode_fixes_save_pretrained_outputs(tmp_path, tiny_model, umask_002):

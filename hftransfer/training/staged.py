@@ -28,19 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
-from transformers import AutoImageProcessor, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from .._io import replace_with_umask_mode, write_text_atomic
+from ..building import build_model_and_processor, load_recipe_data
 from ..data import build_transforms
-from ..image_processing_hftransfer import TransferImageProcessor
 from ..metrics import training_warnings
 from ..modeling_hftransfer import TransferForImageClassification
-from ..recipes import Recipe, RecipeError, StageArguments, recipe_changes, stage_augmentation
-from .feature_cache import image_content_fingerprint, load_or_compute_features
+from ..recipes import Recipe, RecipeError, StageArguments, recipe_changes
+from .distributed import Ranks
+from .feature_cache import image_content_fingerprint
 from .freezing import apply_stage_trainable, count_parameters
 from .run_lock import RunLock
 from .selection import BEST_MODEL_FILE, ModelSelection, SelectionCallback
+from .stage_inputs import plan_stage, stage_datasets
 from .trainer import (
     RankChecksumCallback,
     StageCheckpointCallback,
@@ -91,42 +92,6 @@ def _versions() -> dict[str, str]:
         "datasets": datasets.__version__,
         "accelerate": accelerate.__version__,
     }
-
-
-def _build_model(
-    recipe: Recipe, id2label: dict[int, str]
-) -> tuple[TransferForImageClassification, TransferImageProcessor]:
-    model_args = recipe.model
-    label2id = {name: idx for idx, name in id2label.items()}
-    if model_args.init_from:
-        # Continue from a trained hftransfer model (local folder or Hub repo): its head must know these labels.
-        model = TransferForImageClassification.from_pretrained(model_args.init_from)
-        processor = AutoImageProcessor.from_pretrained(model_args.init_from)
-        if {int(k): v for k, v in model.config.id2label.items()} != id2label:
-            raise ValueError(
-                f"model.init_from={model_args.init_from!r} predicts labels {model.config.id2label}, but the dataset "
-                f"has {id2label}: fine-tune a new head instead (unset init_from) or use matching data."
-            )
-        return model, processor
-    from ..weights import create_model
-
-    config_kwargs = {
-        "backbone": model_args.backbone,
-        "image_size": model_args.image_size,
-        "head": model_args.head,
-        "pooling": model_args.pooling,
-        "hidden_sizes": model_args.hidden_sizes,
-        "activation": model_args.activation,
-        "dropout": model_args.dropout,
-        "fusion_stages": model_args.fusion_stages,
-        "extra_features_dim": len(recipe.data.extra_feature_columns),
-        "num_labels": len(id2label),
-        "id2label": id2label,
-        "label2id": label2id,
-    }
-    model = create_model(backbone_weights=model_args.backbone_weights, **config_kwargs)
-    processor = TransferImageProcessor.from_transfer_config(model.config, resize_mode=model_args.resize_mode)
-    return model, processor
 
 
 def _training_arguments(
@@ -187,41 +152,6 @@ def _training_arguments(
     return TrainingArguments(**kwargs)
 
 
-class _Ranks:
-    """Who is who in a (possibly) multi-process run, from the launcher's environment and torch.distributed.
-
-    Not accelerate's `PartialState`: every `TrainingArguments` resets and rebuilds that shared state, so a reference
-    held across stages cannot be trusted.
-    """
-
-    @property
-    def rank(self) -> int:
-        return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
-
-    @property
-    def world_size(self) -> int:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size()
-        return int(os.environ.get("WORLD_SIZE", "1"))
-
-    @property
-    def is_main_process(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-
-    @contextlib.contextmanager
-    def main_process_first(self):
-        """The main process runs the block first (e.g. writes a cache); the others then run it (and read it)."""
-        if not self.is_main_process:
-            self.barrier()
-        yield
-        if self.is_main_process:
-            self.barrier()
-
-
 class StagedFineTuner:
     """Runs a [`Recipe`]: data, model, then each stage with its own freeze plan, optimizer and Trainer.
 
@@ -244,91 +174,20 @@ class StagedFineTuner:
         self.recipe = recipe
         self.resume = resume
         self.allow_recipe_changes = tuple(allow_recipe_changes)
-        self.ranks = _Ranks()
+        self.ranks = Ranks()
         self.output_dir = Path(recipe.training.output_dir)
 
     # --- data -------------------------------------------------------------------------------------------------
     def _load_data(self):
-        from ..data import load_image_classification_dataset
-
-        data_args = self.recipe.data
-        data = load_image_classification_dataset(
-            data_args.dataset,
-            image_column=data_args.image_column,
-            label_column=data_args.label_column,
-            validation_split=data_args.validation_split,
-            seed=self.recipe.training.seed,
-            on_bad_image=data_args.on_bad_image,
-            extra_feature_columns=tuple(data_args.extra_feature_columns),
-        )
-        splits = data.splits
-        for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
-            if limit is not None and len(splits[split]) > limit:
-                splits[split] = splits[split].shuffle(seed=self.recipe.training.seed).select(range(limit))
-        test_split = data_args.test_split if data_args.test_split in splits else None
-        if (
-            test_split
-            and data_args.max_eval_samples is not None
-            and len(splits[test_split]) > data_args.max_eval_samples
-        ):
-            splits[test_split] = splits[test_split].select(range(data_args.max_eval_samples))
-        return data, test_split
+        return load_recipe_data(self.recipe)
 
     # --- one stage --------------------------------------------------------------------------------------------
-    def _datasets_for_stage(self, stage: StageArguments, train_transform, use_cache: bool, device: torch.device):
-        if not use_cache:
-            return (
-                self.data.splits["train"].with_transform(train_transform),
-                self.data.splits["validation"].with_transform(self.eval_transform),
-                self.collator,
-            )
-        cached = {}
-        for split in ("train", "validation"):
-            with self.ranks.main_process_first():
-                dataset, path, computed = load_or_compute_features(
-                    self.model,
-                    self.processor,
-                    self.data.splits[split].with_transform(self.eval_transform),
-                    f"{self.data.splits[split]._fingerprint}|images={self._image_content(split)}",
-                    self.collator,
-                    batch_size=self.recipe.training.per_device_eval_batch_size,
-                    num_workers=self.recipe.training.dataloader_num_workers,
-                    device=device,
-                    cache_dir=self.recipe.training.feature_cache_dir,
-                    description=f"[{stage.name}] caching {split} backbone features",
-                )
-            logger.info(
-                "Stage %s: %s features %s %s", stage.name, split, "computed into" if computed else "loaded from", path
-            )
-            cached[split] = dataset
-        return cached["train"], cached["validation"], None
-
-    def _image_content(self, split: str) -> str:
+    def image_content(self, split: str) -> str:
         """The split's image-content hash (part of the feature-cache key), computed once per run."""
         hashes = self.__dict__.setdefault("_image_hashes", {})
         if split not in hashes:
             hashes[split] = image_content_fingerprint(self.data.splits[split])
         return hashes[split]
-
-    def _stage_plan(self, stage: StageArguments):
-        """The stage's training transform and whether it trains the head on cached features (and why not)."""
-        augmentation = stage_augmentation(self.recipe, stage)
-        train_transform = build_transforms(self.processor, augmentation=augmentation)
-        mixes = stage.mixup_alpha > 0 or stage.cutmix_alpha > 0
-        use_cache = stage.trainable == "head" and stage.cache_features and train_transform.deterministic and not mixes
-        if stage.trainable == "head" and stage.cache_features and not use_cache:
-            reason = (
-                "mixup/cutmix mix images"
-                if mixes
-                else f"{'data' if stage.augmentation is None else 'stage'}.augmentation={augmentation!r} makes its "
-                "training transforms random"
-            )
-            logger.warning(
-                "Stage %s: not caching backbone features because %s; the frozen backbone is recomputed every epoch.",
-                stage.name,
-                reason,
-            )
-        return augmentation, train_transform, use_cache
 
     def _run_stage(self, index: int, stage: StageArguments) -> dict[str, Any]:
         stage_dir = _stage_dir(self.output_dir, index, stage)
@@ -344,13 +203,21 @@ class StagedFineTuner:
                 self.selection.best.value,
             )
         apply_stage_trainable(self.model, stage)
-        augmentation, train_transform, use_cache = self._stage_plan(stage)
-        # Building the arguments sets up the process group (multi-process runs) that the cache step synchronises on.
-        args = _training_arguments(self.recipe, stage, stage_dir, cached=use_cache)
-        started = time.perf_counter()  # the stage's wall time includes computing its feature cache
-        train_dataset, eval_dataset, collator = self._datasets_for_stage(
-            stage, train_transform, use_cache, args.device
+        splits = self.data.splits
+        plan = plan_stage(
+            self.recipe,
+            stage,
+            self.model,
+            self.processor,
+            rows=len(splits["train"]) + len(splits["validation"]),
+            train_rows=len(splits["train"]),
+            world_size=self.ranks.world_size,
         )
+        augmentation = plan.augmentation
+        # Building the arguments sets up the process group (multi-process runs) that the cache step synchronises on.
+        args = _training_arguments(self.recipe, stage, stage_dir, cached=plan.cached)
+        started = time.perf_counter()  # the stage's wall time includes computing its feature cache
+        train_dataset, eval_dataset, collator, cache_report = stage_datasets(self, stage, plan, args.device)
         if self.recipe.training.channels_last:
             self.model.to(memory_format=torch.channels_last)
         callbacks = [StageCheckpointCallback(index, stage.name)]
@@ -386,7 +253,9 @@ class StagedFineTuner:
             "Stage %s: training on %d train images (%s), evaluating on %d validation images",
             stage.name,
             len(train_dataset),
-            "cached features" if use_cache else f"augmentation {augmentation}",
+            {True: "cached features", False: f"augmentation {augmentation}"}[plan.use_feature_cache]
+            if plan.prefix_stage is None
+            else f"cached frozen prefix, backbone stages 0-{plan.prefix_stage}",
             len(eval_dataset),
         )
         trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
@@ -429,7 +298,10 @@ class StagedFineTuner:
             "trainer_args": dict(stage.trainer_args),
             "early_stopping_patience": stage.early_stopping_patience,
             "stopped_early_at_step": None if selection_callback is None else selection_callback.stopped_early_at,
-            "used_feature_cache": use_cache,
+            "used_feature_cache": plan.use_feature_cache,
+            "used_prefix_cache": plan.prefix_stage is not None,
+            "prefix_cache": plan.prefix_decision or None,
+            "feature_cache": cache_report,
             "wall_time_s": round(wall_time, 2),
             "validation": validation,
             "warnings": stage_warnings,
@@ -538,7 +410,7 @@ class StagedFineTuner:
         self._log_splits(test_split)
         # Head initialisation is seeded too, so a resumed or repeated run starts from the same weights.
         set_seed(recipe.training.seed)
-        self.model, self.processor = _build_model(recipe, self.id2label)
+        self.model, self.processor = build_model_and_processor(recipe, self.id2label)
         run_warnings = _weights_warnings(self.model)
         for warning in run_warnings:
             logger.warning(warning)

@@ -67,7 +67,7 @@ def test_cache_is_reused_then_rebuilt_when_anything_changes(tmp_path, small_spli
     model = TransferForImageClassification(config)
     processor = TransferImageProcessor.from_transfer_config(config)
     first, path, computed = _compute(model, processor, small_split, tmp_path)
-    assert computed and path.is_file() and len(first) == 24
+    assert computed and (path / "index.json").is_file() and len(first) == 24
     with torch.no_grad():
         expected = model.eval().forward_features(build_transforms(processor)(small_split[:24])["pixel_values"])
     torch.testing.assert_close(first.tensors["pooled_features"], expected, atol=1e-5, rtol=1e-4)
@@ -94,8 +94,10 @@ def test_corrupt_cache_file_is_recomputed_not_trusted(tmp_path, small_split):
     model = TransferForImageClassification(config)
     processor = TransferImageProcessor.from_transfer_config(config)
     good, path, _ = _compute(model, processor, small_split, tmp_path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated, as by a crash mid-write elsewhere
+    expected = good.tensors["pooled_features"].clone()
+    (shard,) = path.glob("shard-*.safetensors")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated, as by a crash mid-write elsewhere
     rebuilt, _, computed = _compute(model, processor, small_split, tmp_path)
     assert computed
-    torch.testing.assert_close(rebuilt.tensors["pooled_features"], good.tensors["pooled_features"])
-    assert not list(tmp_path.glob("*.tmp"))
+    torch.testing.assert_close(rebuilt.tensors["pooled_features"], expected)
+    assert not list(tmp_path.rglob("*.tmp"))

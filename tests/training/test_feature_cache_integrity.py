@@ -91,27 +91,35 @@ def _compute(model, processor, split, cache_dir):
 def test_scrambled_tensor_bytes_fail_the_checksum_and_are_recomputed(tmp_path, split, model_and_processor, caplog):
     model, processor = model_and_processor
     good, path, _ = _compute(model, processor, split, tmp_path)
-    data = bytearray(path.read_bytes())
+    expected = good.tensors["pooled_features"].clone()
+    (shard,) = path.glob("shard-*.safetensors")
+    data = bytearray(shard.read_bytes())
     header = 8 + struct.unpack("<Q", data[:8])[0]
     data[header:] = bytes(reversed(data[header:]))  # the header stays valid, the tensor bytes do not
-    path.write_bytes(bytes(data))
+    shard.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="hftransfer"):
         rebuilt, _, computed = _compute(model, processor, split, tmp_path)
     assert computed
-    assert any("fails its checksum" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
-    torch.testing.assert_close(rebuilt.tensors["pooled_features"], good.tensors["pooled_features"])
+    assert any("fails its checksum" in r.getMessage() and str(shard) in r.getMessage() for r in caplog.records)
+    torch.testing.assert_close(rebuilt.tensors["pooled_features"], expected)
 
 
 def test_labels_that_do_not_fit_the_model_are_recomputed_not_an_index_error(
     tmp_path, split, model_and_processor, caplog
 ):
-    from hftransfer.training.feature_cache import tensors_checksum
+    import hashlib
+    import json
 
     model, processor = model_and_processor
     good, path, _ = _compute(model, processor, split, tmp_path)
-    tensors = load_file(str(path))
-    tensors["labels"] = torch.full_like(tensors["labels"], 99)  # a consistent file, but labels of another dataset
-    save_file(tensors, str(path), metadata={"sha256": tensors_checksum(tensors)})
+    (shard,) = path.glob("shard-*.safetensors")
+    tensors = load_file(str(shard))
+    tensors["labels"] = torch.full_like(tensors["labels"], 99)  # a consistent entry, but labels of another dataset
+    save_file(tensors, str(shard))
+    digest = hashlib.sha256(shard.read_bytes()).hexdigest()
+    index = json.loads((path / "index.json").read_text())
+    index["shards"][0]["sha256"] = digest
+    (path / "index.json").write_text(json.dumps(index))
     with caplog.at_level(logging.WARNING, logger="hftransfer"):
         rebuilt, _, computed = _compute(model, processor, split, tmp_path)
     assert computed

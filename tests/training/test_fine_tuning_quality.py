@@ -13,6 +13,7 @@ from hftransfer import TransferConfig, TransferForImageClassification
 from hftransfer.metrics import compute_classification_metrics, training_warnings
 from hftransfer.recipes import RecipeError, StageArguments, recipe_from_dict
 from hftransfer.training import StagedFineTuner, TransferTrainer, apply_stage_trainable, train
+from hftransfer.training.stage_inputs import plan_stage
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +59,11 @@ def test_per_stage_augmentation_caches_stage_one_and_augments_stage_two(selectio
     # Stage 2's training transform is random: the same image comes out different twice; stage 1's is not.
     tuner = StagedFineTuner(recipe_from_dict(recipe))
     tuner.data, _ = tuner._load_data()
-    tuner.processor = AutoImageProcessor.from_pretrained(result.output_dir)
-    _, stage_one_transform, cached = tuner._stage_plan(tuner.recipe.stages[0])
-    _, stage_two_transform, _ = tuner._stage_plan(tuner.recipe.stages[1])
-    assert cached and stage_one_transform.deterministic and not stage_two_transform.deterministic
+    processor = AutoImageProcessor.from_pretrained(result.output_dir)
+    plans = [plan_stage(tuner.recipe, stage, result.model, processor, 1, 1, 1) for stage in tuner.recipe.stages]
+    stage_one_transform, stage_two_transform = (plan.train_transform for plan in plans)
+    assert plans[0].use_feature_cache and stage_one_transform.deterministic
+    assert not stage_two_transform.deterministic
     rows = tuner.data.splits["train"].select([0, 0])
     torch.manual_seed(0)
     first, second = rows.with_transform(stage_two_transform)[:2]["pixel_values"]
