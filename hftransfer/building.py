@@ -116,9 +116,26 @@ def load_recipe_data(recipe: Recipe) -> tuple[ImageClassificationData, str | Non
         `tuple[ImageClassificationData, str | None]`: The loaded data (`.splits`, `.id2label`, ...) and the name of
         its test split (`data.test_split` when the source has it, else `None`).
     """
-    from .training.staged import StagedFineTuner
+    from .data import load_image_classification_dataset
 
-    return StagedFineTuner(recipe)._load_data()
+    data_args = recipe.data
+    data = load_image_classification_dataset(
+        data_args.dataset,
+        image_column=data_args.image_column,
+        label_column=data_args.label_column,
+        validation_split=data_args.validation_split,
+        seed=recipe.training.seed,
+        on_bad_image=data_args.on_bad_image,
+        extra_feature_columns=tuple(data_args.extra_feature_columns),
+    )
+    splits = data.splits
+    for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if limit is not None and len(splits[split]) > limit:
+            splits[split] = splits[split].shuffle(seed=recipe.training.seed).select(range(limit))
+    test_split = data_args.test_split if data_args.test_split in splits else None
+    if test_split and data_args.max_eval_samples is not None and len(splits[test_split]) > data_args.max_eval_samples:
+        splits[test_split] = splits[test_split].select(range(data_args.max_eval_samples))
+    return data, test_split
 
 
 __all__ = ["build_model_and_processor", "load_recipe_data", "transfer_config_kwargs"]

@@ -262,14 +262,14 @@ def test_continue_fine_tuning_from_the_pushed_model(pushed_run, hub_server, sess
 
     monkeypatch.setenv("HF_TOKEN", hub_server.token_for("alice"))
     initial: dict[str, torch.Tensor] = {}
-    build_model = staged._build_model
+    build_model = staged.build_model_and_processor
 
     def spy(recipe, id2label):  # the model exactly as training receives it, before any step
         model, processor = build_model(recipe, id2label)
         initial.update({key: value.detach().clone() for key, value in model.state_dict().items()})
         return model, processor
 
-    monkeypatch.setattr(staged, "_build_model", spy)
+    monkeypatch.setattr(staged, "build_model_and_processor", spy)
     output_dir = tmp_path / "continued"
     recipe = tiny_recipe(
         output_dir,
@@ -415,7 +415,7 @@ def test_reading_another_users_private_repo(pushed_run, hub_server, hub_api_bob,
     assert pushed_run.repo_id in str(error.value)
     recipe = recipe_from_dict({"model": {"init_from": pushed_run.repo_id}})
     with pytest.raises(OSError, match="private repository"):
-        staged._build_model(recipe, {0: "a"})
+        staged.build_model_and_processor(recipe, {0: "a"})
 
 
 def test_push_replaces_old_weight_files_and_keeps_the_rest(output_copy, hub_api, hub_repo):
