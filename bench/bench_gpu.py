@@ -4,7 +4,7 @@ images/s per CPU core, and (optionally) DDP / FSDP through `accelerate launch`.
 
 How to run the GPU check: on the GPU machine, from the repository root, run `python bench/bench_gpu.py --quick`
 (`--with-ddp` adds the `accelerate launch` FSDP / DDP checks, about 1 more minute). It needs no network: the model is
-hftransfer's `TransferForImageClassification` built by the training code's `_build_model` (VGG16, the recipe's
+hftransfer's `TransferForImageClassification` built by the training code's `build_model_and_processor` (VGG16, the recipe's
 default flatten + Dense(1024) head) with the offline Keras-ImageNet weights when this machine has them, else random
 init (throughput does not depend on the values; the JSON says which). It writes `bench/results/gpu.json` after every
 section, so a killed run still leaves what it measured, and prints one line per section. A hard time budget
@@ -346,16 +346,16 @@ def start_watchdog(results: Results, hard_limit_s: float) -> None:
 
 
 def build_hftransfer_model(args, weights: str):
-    """The model and processor exactly as a training run builds them (`staged._build_model` from a recipe)."""
+    """The model and processor exactly as a training run builds them (`build_model_and_processor` from a recipe)."""
+    from hftransfer.building import build_model_and_processor
     from hftransfer.recipes import ModelArguments, Recipe
-    from hftransfer.training.staged import _build_model
 
     recipe = Recipe(
         model=ModelArguments(
             backbone="vgg16", backbone_weights=weights, image_size=args.image_size, pooling=args.pooling
         )
     )
-    return _build_model(recipe, {i: f"class_{i}" for i in range(args.num_labels)})
+    return build_model_and_processor(recipe, {i: f"class_{i}" for i in range(args.num_labels)})
 
 
 def build_model_with_fallback(args):
@@ -879,7 +879,7 @@ def main(argv=None) -> int:
         bench.processor = processor
         info = {
             "class": type(model).__name__,
-            "built_by": "hftransfer.training.staged._build_model (the training path), recipe model defaults",
+            "built_by": "hftransfer.building.build_model_and_processor (the training path), recipe model defaults",
             "backbone": model.config.backbone,
             "pooling": model.config.pooling,
             "hidden_sizes": list(model.config.hidden_sizes),
