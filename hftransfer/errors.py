@@ -105,11 +105,16 @@ class ExportError(HfTransferError, ValueError):
 # --- files read from users ------------------------------------------------------------------------------------------
 
 
+class RecipeError(HfTransferError, ValueError):
+    """A recipe (YAML file or command-line override) is invalid; the message names the key and what is expected."""
+
+
 class YAMLLimitError(HfTransferError, ValueError):
     """YAML refused before it is built: too large, too many aliases, or aliases that expand too far."""
 
 
 __all__ = [
+    "RecipeError",
     "BackboneWeightsError",
     "BadImageError",
     "DataError",

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._io import replace_with_umask_mode, write_json_atomic
+from ..constants import features_cache_dir
 from ..image_processing_hftransfer import TransferImageProcessor
 from ..modeling_hftransfer import TransferForImageClassification
 from .distributed import Ranks
@@ -71,8 +72,7 @@ _TORCH_TO_SAFETENSORS = {torch.float32: "F32", torch.float16: "F16", torch.bfloa
 
 def default_cache_dir() -> Path:
     """`$HFTRANSFER_CACHE/features` (default `~/.cache/hftransfer/features`)."""
-    root = os.environ.get("HFTRANSFER_CACHE") or os.path.join(Path.home(), ".cache", "hftransfer")
-    return Path(root) / "features"
+    return features_cache_dir()
 
 
 def feature_cache_key(

@@ -16,9 +16,10 @@ import os
 import socket
 from pathlib import Path
 
+from ..constants import RUN_LOCK_FILE
 from ..errors import RunLockedError
 
-LOCK_FILE = ".hftransfer.lock"
+LOCK_FILE = RUN_LOCK_FILE
 
 try:
     import fcntl

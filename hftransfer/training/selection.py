@@ -25,11 +25,10 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from .. import _io
+from ..constants import BEST_MODEL_FILE
 from ..recipes import SELECTION_METRICS
 
 logger = logging.getLogger(__name__)
-
-BEST_MODEL_FILE = "best.safetensors"
 
 
 @dataclass(frozen=True)

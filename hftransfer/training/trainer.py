@@ -14,10 +14,11 @@ from timm.loss import SoftTargetCrossEntropy
 from transformers import Trainer, TrainerCallback
 
 from .. import _io
+from ..constants import STAGE_MARKER_FILE
 from ..errors import NonFiniteError
 from .freezing import build_parameter_groups
 
-STAGE_MARKER = "hftransfer_stage.json"
+STAGE_MARKER = STAGE_MARKER_FILE
 
 
 @contextlib.contextmanager
