@@ -32,6 +32,15 @@ from transformers import TrainingArguments, set_seed
 
 from .._io import replace_with_umask_mode, write_text_atomic
 from ..building import build_model_and_processor, load_recipe_data
+from ..constants import (
+    CONFUSION_MATRIX_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    STAGE_COMPLETE_FILE,
+    TRAINING_CURVES_FILE,
+    WEIGHTS_FILE,
+)
 from ..data import build_transforms
 from ..metrics import training_warnings
 from ..modeling_hftransfer import TransferForImageClassification
@@ -54,7 +63,7 @@ from .trainer import (
 
 logger = logging.getLogger(__name__)
 
-STAGE_COMPLETE = "stage_complete.json"
+STAGE_COMPLETE = STAGE_COMPLETE_FILE  # the name older code imported
 
 
 @dataclass
@@ -363,7 +372,7 @@ class StagedFineTuner:
 
     def _check_resume_recipe(self) -> None:
         """--resume continues the run described by output_dir/recipe.yaml: a recipe that trains differently is refused."""
-        ran_path = self.output_dir / "recipe.yaml"
+        ran_path = self.output_dir / RECIPE_FILE
         if not self.resume or not ran_path.is_file():
             return
         from .._io import YAMLLimitError, load_yaml
@@ -400,7 +409,7 @@ class StagedFineTuner:
         self._check_resume_recipe()
         if self.ranks.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(self.output_dir / "recipe.yaml", recipe.to_yaml())
+            write_text_atomic(self.output_dir / RECIPE_FILE, recipe.to_yaml())
         set_seed(recipe.training.seed)
         started = time.perf_counter()
         from ..data import ImageClassificationCollator
@@ -432,11 +441,11 @@ class StagedFineTuner:
         for index, stage in enumerate(recipe.stages):
             stage_dir = _stage_dir(self.output_dir, index, stage)
             done = stage_dir / STAGE_COMPLETE
-            if self.resume and done.is_file() and (stage_dir / "final" / "model.safetensors").is_file():
+            if self.resume and done.is_file() and (stage_dir / "final" / WEIGHTS_FILE).is_file():
                 logger.info("Stage %s already complete: loading its final weights", stage.name)
                 from safetensors.torch import load_file
 
-                self.model.load_state_dict(load_file(str(stage_dir / "final" / "model.safetensors")))
+                self.model.load_state_dict(load_file(str(stage_dir / "final" / WEIGHTS_FILE)))
                 stage_records.append(json.loads(done.read_text()))
                 continue
             set_seed(recipe.training.seed + index)
@@ -451,7 +460,7 @@ class StagedFineTuner:
             ),
             data_collator=self.collator,
         )
-        validation_png = None if test_split else "confusion_matrix.png"
+        validation_png = None if test_split else CONFUSION_MATRIX_FILE
         if selected["from_best"] or validation_png:
             validation_dataset = self.data.splits["validation"].with_transform(self.eval_transform)
             validation = self._evaluate(final_trainer, validation_dataset, validation_png, "validation split")
@@ -461,7 +470,7 @@ class StagedFineTuner:
         if test_split:
             test_dataset = self.data.splits[test_split].with_transform(self.eval_transform)
             final[test_split] = self._evaluate(
-                final_trainer, test_dataset, "confusion_matrix.png", f"{test_split} split"
+                final_trainer, test_dataset, CONFUSION_MATRIX_FILE, f"{test_split} split"
             )
         for split, split_metrics in final.items():
             logger.info(
@@ -517,10 +526,15 @@ class StagedFineTuner:
         if test_split:
             logger.info("Final scores are reported on the %r split; model selection uses 'validation'.", test_split)
         else:
+            missing = (
+                "No test split is set (data.test_split: null)"
+                if self.recipe.data.test_split is None
+                else f"The data has no {self.recipe.data.test_split!r} split"
+            )
             logger.warning(
-                "The data has no %r split: final scores are on 'validation', the split that also selects the "
-                "model, so they are optimistic. Hold out a test split for an unbiased score.",
-                self.recipe.data.test_split,
+                "%s: final scores are on 'validation', the split that also selects the model, so they are "
+                "optimistic. Hold out a test split for an unbiased score.",
+                missing,
             )
 
     def _model_selection(self) -> ModelSelection | None:
@@ -582,9 +596,9 @@ class StagedFineTuner:
 
         self._save_pretrained_atomic(self.model, self.output_dir)
         history = [{"stage": r["name"], "epochs": r["epochs"], "log_history": r["log_history"]} for r in stage_records]
-        write_json_atomic(self.output_dir / "history.json", history)
-        write_json_atomic(self.output_dir / "metrics.json", metrics)
-        plot_training_curves(history, self.output_dir / "training_curves.png")
+        write_json_atomic(self.output_dir / HISTORY_FILE, history)
+        write_json_atomic(self.output_dir / METRICS_FILE, metrics)
+        plot_training_curves(history, self.output_dir / TRAINING_CURVES_FILE)
         from ..cards import render_model_card
 
         hub = self.recipe.hub
