@@ -16,7 +16,9 @@ from .loading import (
     EMBEDDED_SOURCES,
     HubUnavailableError,
     ImageClassificationData,
+    StreamingImageClassificationData,
     load_image_classification_dataset,
+    load_streaming_dataset,
     stratified_split_indices,
 )
 from .transforms import AUGMENTATION_PRESETS, AugmentationConfig, ImageTransform, augmentation_config, build_transforms
@@ -33,9 +35,11 @@ __all__ = [
     "ImageClassificationCollator",
     "ImageClassificationData",
     "ImageTransform",
+    "StreamingImageClassificationData",
     "augmentation_config",
     "build_transforms",
     "default_num_workers",
     "load_image_classification_dataset",
+    "load_streaming_dataset",
     "stratified_split_indices",
 ]
