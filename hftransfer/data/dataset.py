@@ -39,8 +39,26 @@ EMBEDDED_SOURCES = {
 }
 
 
+class _LabelsMixin:
+    """`label2id`, `num_labels` and `class_names` from `id2label`, shared by the map-style and streamed data."""
+
+    id2label: dict[int, str]
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: index for index, name in self.id2label.items()}
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [self.id2label[index] for index in range(len(self.id2label))]
+
+
 @dataclass
-class ImageClassificationData:
+class ImageClassificationData(_LabelsMixin):
     """Normalised image-classification data, the output of [`load_image_classification_dataset`].
 
     Args:
@@ -62,18 +80,6 @@ class ImageClassificationData:
     source: str
     extra_feature_columns: tuple[str, ...] = ()
     skipped_images: tuple[BadImage, ...] = ()
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: index for index, name in self.id2label.items()}
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def class_names(self) -> list[str]:
-        return [self.id2label[index] for index in range(len(self.id2label))]
 
     def fingerprint(self, split: str) -> str:
         """A stable identifier of a split's content (the `datasets` fingerprint), usable as a cache key.

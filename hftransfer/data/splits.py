@@ -161,15 +161,7 @@ def _normalise(
                 f"Class(es) {emptied} of {where} have no usable training image left after skipping "
                 f"{len(skipped)} bad image(s); fix the files or remove the class."
             )
-    present = [names[i] for i in np.flatnonzero(counts)]
-    if len(present) < 2:
-        raise DataError(
-            f"The training data of {where} has a single class ({present[0] if present else 'none'!r}); "
-            "classification needs at least two classes."
-        )
-    absent = [names[i] for i in np.flatnonzero(counts == 0)]
-    if absent:
-        logger.warning("Class(es) %s of %s have no training example; the model cannot learn them.", absent, where)
+    _check_classes(train_ids, names, where)
 
     if "validation" not in splits:
         train_idx, val_idx = stratified_split_indices(train_ids, validation_split, seed)
@@ -207,3 +199,17 @@ def _normalise(
         extra_feature_columns=extra_feature_columns,
         skipped_images=tuple(skipped),
     )
+
+
+def _check_classes(train_ids: np.ndarray, names: list[str], where: str) -> None:
+    """At least two classes have training examples (an error otherwise); a class without any is logged."""
+    counts = np.bincount(train_ids, minlength=len(names))
+    present = [names[i] for i in np.flatnonzero(counts)]
+    if len(present) < 2:
+        raise DataError(
+            f"The training data of {where} has a single class ({present[0] if present else 'none'!r}); "
+            "classification needs at least two classes."
+        )
+    absent = [names[i] for i in np.flatnonzero(counts == 0)]
+    if absent:
+        logger.warning("Class(es) %s of %s have no training example; the model cannot learn them.", absent, where)

@@ -31,12 +31,13 @@ from .dataset import (
     LABEL_COLUMN_CANDIDATES,
     SPLIT_COLUMN_CANDIDATES,
     SPLITS,
+    _LabelsMixin,
     _RawSource,
 )
 from .images import BadImage, BadImageError, DataError, image_problem, log_skipped
 from .labels import _check_extra_column, _column, _detect_column, _label_ids
 from .sources import _file_manifest, _from_folder, _make_dataset, _path_image_array, _resolve
-from .splits import _bad_images_in, stratified_split_indices
+from .splits import _bad_images_in, _check_classes, stratified_split_indices
 
 logger = logging.getLogger("hftransfer.data")
 
@@ -50,7 +51,7 @@ _FINGERPRINT_VERSION = "hftransfer-stream-v1"
 
 
 @dataclass
-class StreamingImageClassificationData:
+class StreamingImageClassificationData(_LabelsMixin):
     """Image-classification data whose `train` split is streamed, the output of [`load_streaming_dataset`].
 
     The counterpart of [`ImageClassificationData`] for `data.streaming: true`, with the same attribute names
@@ -96,18 +97,6 @@ class StreamingImageClassificationData:
     skipped_images: tuple[BadImage, ...] = ()
     image_column: str = "image"
     label_column: str = "label"
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: index for index, name in self.id2label.items()}
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    @property
-    def class_names(self) -> list[str]:
-        return [self.id2label[index] for index in range(len(self.id2label))]
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name}={len(dataset)}" for name, dataset in self.splits.items())
@@ -245,19 +234,6 @@ def _holdout(train_ids: np.ndarray, has_validation: bool, validation_split: floa
         return np.array([], dtype=np.int64)
     train_idx, val_idx = stratified_split_indices(train_ids, validation_split, seed)
     return val_idx
-
-
-def _check_classes(train_ids: np.ndarray, names: list[str], where: str) -> None:
-    counts = np.bincount(train_ids, minlength=len(names))
-    present = [names[i] for i in np.flatnonzero(counts)]
-    if len(present) < 2:
-        raise DataError(
-            f"The training data of {where} has a single class ({present[0] if present else 'none'!r}); "
-            "classification needs at least two classes."
-        )
-    absent = [names[i] for i in np.flatnonzero(counts == 0)]
-    if absent:
-        logger.warning("Class(es) %s of %s have no training example; the model cannot learn them.", absent, where)
 
 
 def _eval_order(rows: np.ndarray, split: str, limit: int | None, seed: int) -> np.ndarray:
