@@ -105,6 +105,9 @@ def build_model_and_processor(
 def load_recipe_data(recipe: Recipe) -> tuple[ImageClassificationData, str | None]:
     """The dataset a recipe trains on, with its `data.max_train_samples` / `max_eval_samples` limits applied.
 
+    With `data.streaming: true` the train split is a stream ([`~data.StreamingImageClassificationData`]): its first
+    `max_train_samples` rows (no shuffle before the cut), validation and test in memory.
+
     Exactly what training loads ([`~training.StagedFineTuner`]): the splits of `data.dataset` (a validation split
     carved out with `data.validation_split` and `training.seed` where the source has none), the train and validation
     splits shuffled (seeded) and cut to their limits, the test split cut to `max_eval_samples`.
@@ -119,8 +122,7 @@ def load_recipe_data(recipe: Recipe) -> tuple[ImageClassificationData, str | Non
     from .data import load_image_classification_dataset
 
     data_args = recipe.data
-    data = load_image_classification_dataset(
-        data_args.dataset,
+    source_options = dict(
         image_column=data_args.image_column,
         label_column=data_args.label_column,
         validation_split=data_args.validation_split,
@@ -128,6 +130,17 @@ def load_recipe_data(recipe: Recipe) -> tuple[ImageClassificationData, str | Non
         on_bad_image=data_args.on_bad_image,
         extra_feature_columns=tuple(data_args.extra_feature_columns),
     )
+    if data_args.streaming:
+        from .data.loading import load_streaming_dataset
+
+        data = load_streaming_dataset(data_args.dataset, **source_options, max_eval_samples=data_args.max_eval_samples)
+        if data_args.max_train_samples is not None:
+            data.train = data.train.take(data_args.max_train_samples)
+            if data.num_train_rows is not None:
+                data.num_train_rows = min(data.num_train_rows, data_args.max_train_samples)
+        test_split = data_args.test_split if data_args.test_split in data.splits else None
+        return data, test_split
+    data = load_image_classification_dataset(data_args.dataset, **source_options)
     splits = data.splits
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if limit is not None and len(splits[split]) > limit:

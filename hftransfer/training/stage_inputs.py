@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,13 @@ from torch import nn
 
 from ..data import build_transforms
 from ..recipes import Recipe, RecipeError, StageArguments, stage_augmentation
-from .feature_cache import STORAGE_DTYPES, collate_cached_features, default_cache_dir, load_or_compute_features
+from .feature_cache import (
+    STORAGE_DTYPES,
+    collate_cached_features,
+    default_cache_dir,
+    frozen_weights_digest,
+    load_or_compute_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +104,8 @@ def prefix_cache_decision(
         reasons.append("its training transforms are random (augmentation)")
     if stage.mixup_alpha > 0 or stage.cutmix_alpha > 0:
         reasons.append("mixup/cutmix mix images")
+    if recipe.data.streaming:
+        reasons.append("the train split is streamed")
     if not backbone.can_forward_from_stage:
         reasons.append(f"backbone {model.config.backbone!r} cannot resume from an intermediate stage")
     if prefix_stage >= 0 and min(model.pooler.stages) <= prefix_stage:
@@ -185,31 +194,83 @@ def plan_stage(recipe: Recipe, stage: StageArguments, model, processor, rows: in
     return plan
 
 
+class StreamedSplit(torch.utils.data.IterableDataset):
+    """A streamed split (`datasets.IterableDataset` of raw rows) with an image transform applied row by row.
+
+    What a stage's Trainer or the feature pass reads under `data.streaming: true`. `set_epoch` reaches the stream's
+    shuffle buffer (a new order each epoch); `shard` gives one rank's share (`datasets.distributed.split_dataset_by_node`).
+
+    Args:
+        stream (`datasets.IterableDataset`): Rows `{"image", "label"[, extra columns]}`.
+        transform: A `data.transforms.ImageTransform` (takes and returns a batch mapping).
+    """
+
+    def __init__(self, stream, transform):
+        super().__init__()
+        self.stream, self.transform = stream, transform
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.stream, "set_epoch"):
+            self.stream.set_epoch(epoch)
+
+    def shard(self, rank: int, world_size: int) -> StreamedSplit:
+        from datasets.distributed import split_dataset_by_node
+
+        return StreamedSplit(split_dataset_by_node(self.stream, rank=rank, world_size=world_size), self.transform)
+
+    def __iter__(self):
+        for row in self.stream:
+            batch = self.transform({name: [value] for name, value in row.items()})
+            yield {name: values[0] for name, values in batch.items()}
+
+
+def feature_pass_workers(configured: int, device: torch.device) -> int:
+    """DataLoader workers for the one-time feature pass: on CPU, only the cores the compute threads leave free
+    (a worker competing with the backbone's threads slows the pass down: ~10% on 2 cores, bench/README.md)."""
+    if device.type != "cpu":
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(configured, max(0, cores - torch.get_num_threads()))
+
+
 def stage_datasets(tuner, stage: StageArguments, plan: StagePlan, device: torch.device):
     """`(train, validation, collator)` for the stage's Trainer, plus the caches' report for `metrics.json`."""
     splits = tuner.data.splits
+    recipe = tuner.recipe
+    streamed = recipe.data.streaming
     if not plan.cached:
-        train = splits["train"].with_transform(plan.train_transform)
+        if streamed:
+            stream = tuner.data.train.shuffle(
+                seed=recipe.training.seed, buffer_size=recipe.data.streaming_shuffle_buffer
+            )
+            train = StreamedSplit(stream, plan.train_transform)
+        else:
+            train = splits["train"].with_transform(plan.train_transform)
         validation = splits["validation"].with_transform(tuner.eval_transform)
         return train, validation, tuner.collator, None
     what = "features" if plan.prefix_stage is None else "frozen-prefix activations"
-    recipe = tuner.recipe
     cached, report = {}, {"kind": "pooled" if plan.prefix_stage is None else "prefix", "splits": {}}
+    weights_digest = frozen_weights_digest(tuner.model, plan.prefix_stage)  # once for both splits
     for split in ("train", "validation"):
+        if split == "train" and streamed:  # read once, in stream order: the cache fixes the rows the head trains on
+            rows = StreamedSplit(tuner.data.train, tuner.eval_transform)
+        else:
+            rows = splits[split].with_transform(tuner.eval_transform)
         dataset, path, computed = load_or_compute_features(
             tuner.model,
             tuner.processor,
-            splits[split].with_transform(tuner.eval_transform),
-            f"{splits[split]._fingerprint}|images={tuner.image_content(split)}",
+            rows,
+            tuner.split_fingerprint(split),
             tuner.collator,
             batch_size=recipe.training.per_device_eval_batch_size,
-            num_workers=recipe.training.dataloader_num_workers,
+            num_workers=feature_pass_workers(recipe.training.dataloader_num_workers, device),
             device=device,
             cache_dir=recipe.training.feature_cache_dir,
             description=f"[{stage.name}] caching {split} {'backbone ' if plan.prefix_stage is None else ''}{what}",
             dtype=recipe.training.feature_cache_dtype,
             prefix_stage=plan.prefix_stage,
             ranks=tuner.ranks,
+            weights_digest=weights_digest,
         )
         logger.info(
             "Stage %s: %s %s %s %s", stage.name, split, what, "computed into" if computed else "loaded from", path

@@ -191,12 +191,23 @@ class StagedFineTuner:
         return load_recipe_data(self.recipe)
 
     # --- one stage --------------------------------------------------------------------------------------------
-    def image_content(self, split: str) -> str:
-        """The split's image-content hash (part of the feature-cache key), computed once per run."""
-        hashes = self.__dict__.setdefault("_image_hashes", {})
+    def split_fingerprint(self, split: str) -> str:
+        """What identifies a split's rows and image content (part of the feature-cache key), computed once per run:
+        the dataset fingerprint and a hash of its image bytes; for a streamed train split, the stream's fingerprint."""
+        hashes = self.__dict__.setdefault("_split_fingerprints", {})
         if split not in hashes:
-            hashes[split] = image_content_fingerprint(self.data.splits[split])
+            if split == "train" and self.recipe.data.streaming:
+                hashes[split] = f"stream:{self.data.fingerprint}"
+            else:
+                dataset = self.data.splits[split]
+                hashes[split] = f"{dataset._fingerprint}|images={image_content_fingerprint(dataset)}"
         return hashes[split]
+
+    def _train_rows(self) -> int | None:
+        """Rows of the train split (a streamed one: as its source says, or None when unknown)."""
+        if self.recipe.data.streaming:
+            return self.data.num_train_rows
+        return len(self.data.splits["train"])
 
     def _run_stage(self, index: int, stage: StageArguments) -> dict[str, Any]:
         stage_dir = _stage_dir(self.output_dir, index, stage)
@@ -218,8 +229,8 @@ class StagedFineTuner:
             stage,
             self.model,
             self.processor,
-            rows=len(splits["train"]) + len(splits["validation"]),
-            train_rows=len(splits["train"]),
+            rows=(self._train_rows() or 0) + len(splits["validation"]),
+            train_rows=self._train_rows() or 0,
             world_size=self.ranks.world_size,
         )
         augmentation = plan.augmentation
@@ -259,9 +270,9 @@ class StagedFineTuner:
         if checkpoints:
             logger.info("Stage %s: resuming from %s", stage.name, checkpoints[-1])
         logger.info(
-            "Stage %s: training on %d train images (%s), evaluating on %d validation images",
+            "Stage %s: training on %s train images (%s), evaluating on %d validation images",
             stage.name,
-            len(train_dataset),
+            len(train_dataset) if hasattr(train_dataset, "__len__") else "streamed",
             {True: "cached features", False: f"augmentation {augmentation}"}[plan.use_feature_cache]
             if plan.prefix_stage is None
             else f"cached frozen prefix, backbone stages 0-{plan.prefix_stage}",
@@ -492,6 +503,7 @@ class StagedFineTuner:
                 "description": str(self.data.source),
                 "hub_id": getattr(self.data, "hub_id", None),
                 **{f"num_{split}": len(ds) for split, ds in self.data.splits.items()},
+                **({"num_train": self._train_rows(), "streaming": True} if self.recipe.data.streaming else {}),
             },
             "id2label": {str(k): v for k, v in self.id2label.items()},
             "evaluation_split": test_split or "validation",
@@ -522,6 +534,9 @@ class StagedFineTuner:
 
     def _log_splits(self, test_split: str | None) -> None:
         sizes = ", ".join(f"{split} {len(ds)}" for split, ds in self.data.splits.items())
+        if self.recipe.data.streaming:
+            rows = self._train_rows()
+            sizes = f"train streamed ({'unknown number of' if rows is None else rows} rows), {sizes}"
         logger.info("Data %s: %s images, %d classes", self.recipe.data.dataset, sizes, len(self.id2label))
         if test_split:
             logger.info("Final scores are reported on the %r split; model selection uses 'validation'.", test_split)

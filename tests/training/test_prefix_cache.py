@@ -59,8 +59,12 @@ def test_prefix_cached_stage_gives_the_same_weights_as_recomputing(tmp_path, mak
     torch.testing.assert_close(
         first["backbone.features.0.weight"], pretrained.state_dict()["backbone.features.0.weight"]
     )
+    # Float tolerance: the cache pass runs channels_last (a different convolution algorithm, ~1e-6 apart), and Adam
+    # turns such differences in near-zero gradients into steps of up to the learning rate (5e-4 here) on a handful
+    # of weights; everything else agrees to 1e-5.
     for name in first:
-        torch.testing.assert_close(first[name], second[name], atol=2e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(first[name], second[name], atol=5e-4, rtol=0, msg=name)
+        assert ((first[name] - second[name]).abs() > 1e-5).float().mean() < 1e-4, name
     assert cached["validation"]["accuracy"] == pytest.approx(recomputed["validation"]["accuracy"])
     assert any("caching the frozen prefix (backbone stages 0-2" in r.getMessage() for r in caplog.records)
 
