@@ -1,9 +1,6 @@
 """Two real ranks (gloo DDP on CPU) through `accelerate launch -m hftransfer train`."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -12,7 +9,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_process_run_syncs_the_unfrozen_backbone_and_only_rank_zero_writes(
-    tmp_path, make_recipe, feature_cache_dir
+    tmp_path, make_recipe, feature_cache_dir, two_ranks
 ):
     recipe = make_recipe(
         tmp_path / "out",
@@ -34,30 +31,7 @@ def test_two_process_run_syncs_the_unfrozen_backbone_and_only_rank_zero_writes(
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe))
     checksums = tmp_path / "checksums"
-    # `--cpu --num_processes 2` would start ONE process here; this is the launch that gives two ranks (DESIGN.md).
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "hftransfer",
-        "train",
-        str(recipe_path),
-    ]
-    env = {**os.environ, "HFTRANSFER_RANK_CHECKSUM_DIR": str(checksums)}
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    completed = two_ranks(recipe_path, {"HFTRANSFER_RANK_CHECKSUM_DIR": str(checksums)})
 
     reports = {path.stem: json.loads(path.read_text()) for path in checksums.glob("*.json")}
     assert set(reports) == {"frozen-rank0", "frozen-rank1", "finetune-rank0", "finetune-rank1"}

@@ -2,9 +2,6 @@
 shards form one cache equal to a single process's, and the head trained on it equals the single-process head."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,39 +25,12 @@ def _frozen_recipe(make_recipe, output_dir, cache_dir, batch_size):
     )
 
 
-def _launch_two_ranks(recipe_path):
-    # `--cpu --num_processes 2` would start ONE process here; this is the launch that gives two ranks (DESIGN.md).
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "0",
-        "-m",
-        "hftransfer",
-        "train",
-        str(recipe_path),
-    ]
-    completed = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ), timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed
-
-
-def test_two_ranks_each_cache_their_half_and_train_the_single_process_head(tmp_path, make_recipe):
+def test_two_ranks_each_cache_their_half_and_train_the_single_process_head(tmp_path, make_recipe, two_ranks):
     # 2 ranks x 16 images per step = the single process's 32: the same global batches, the same head.
     two = _frozen_recipe(make_recipe, tmp_path / "two", tmp_path / "cache-two", batch_size=16)
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(two))
-    _launch_two_ranks(recipe_path)
+    two_ranks(recipe_path)
     single = train(recipe_from_dict(_frozen_recipe(make_recipe, tmp_path / "one", tmp_path / "cache-one", 32)))
 
     stage = json.loads((tmp_path / "two" / "metrics.json").read_text())["stages"][0]
