@@ -101,6 +101,8 @@ def make_recipe(args, output_dir: Path, cache_dir: Path, epochs: int):
                 "report_to": ["none"],
                 "dataloader_num_workers": args.num_workers,
                 "feature_cache_dir": str(cache_dir),
+                # The peer's plain Trainer keeps the last epoch's head: compare the same training, not selection.
+                "model_selection": "last",
             },
         }
     )
@@ -177,8 +179,8 @@ def training_arguments(args, output_dir: Path, epochs: int):
 
 def main() -> int:
     args = parse_args()
-    started = time.perf_counter()
-    threads = _common.set_torch_threads(args.threads)
+    run = _common.start_run(NAME, TITLE, args, work_prefix="hftransfer-bench-frozen-")
+    work = run.work
     import torch
     from transformers import Trainer, set_seed
 
@@ -186,11 +188,6 @@ def main() -> int:
     from hftransfer.data import ImageClassificationCollator, build_transforms
     from hftransfer.metrics import make_compute_metrics
     from hftransfer.training import train
-
-    machine = _common.machine_info()
-    versions = _common.library_versions()
-    work = Path(tempfile.mkdtemp(prefix="hftransfer-bench-frozen-"))
-    print(f"[{NAME}] threads={threads} work dir {work}")
 
     # The exact data and initial model train(recipe) builds: same rows, same seeds.
     probe_recipe = make_recipe(args, work / "probe", work / "probe-cache", args.epochs)
@@ -293,8 +290,6 @@ def main() -> int:
             "peer": lambda: run_peer(args.warmup_epochs, record=False),
         },
     )
-    shutil.rmtree(work, ignore_errors=True)
-
     hf_acc = _common.median(results["hftransfer_accuracy"])
     peer_acc = _common.median(results["peer_accuracy"])
     accuracy_gap = abs(hf_acc - peer_acc)
@@ -319,42 +314,29 @@ def main() -> int:
             ),
         },
     )
-    wall_goal_met = wall.goal_met
-    print("\n== results (median of repeats; ratio > 1 means hftransfer is better) ==")
-    print(wall.line())
+    goal_met = bool(wall.goal_met and accuracy_ok)
     print(
         f"final test accuracy ({len(test_split)} test imgs): hftransfer {hf_acc:.2f}% | peer {peer_acc:.2f}% | "
         f"gap {accuracy_gap:.2f} points (tolerance {args.accuracy_tolerance}): {'MET' if accuracy_ok else 'NOT MET'}"
     )
-    goal_met = bool(wall_goal_met and accuracy_ok)
     print(f"goal (>= {args.goal:g}x faster at equal accuracy): {'MET' if goal_met else 'NOT MET'}")
-    if not args.no_write:
-        name, title = NAME, TITLE
-        path = _common.write_results(
-            name,
-            title=title,
-            figures=[wall],
-            settings={**vars(args), "train_images": len(train_split), "validation_images": len(val_split)},
-            machine=machine,
-            versions=versions,
-            extra={
-                "accuracy": {
-                    "test_images": len(test_split),
-                    "hftransfer_percent": _common.summarize(results["hftransfer_accuracy"]),
-                    "peer_percent": _common.summarize(results["peer_accuracy"]),
-                    "gap_points": round(accuracy_gap, 3),
-                    "tolerance_points": args.accuracy_tolerance,
-                    "equal": accuracy_ok,
-                },
-                "goal": f">= {args.goal:g}x faster at equal accuracy (within {args.accuracy_tolerance} points)",
-                "goal_met": goal_met,
-                "goals_met": goal_met,
+    return run.finish(
+        [wall],
+        settings={**vars(args), "train_images": len(train_split), "validation_images": len(val_split)},
+        extra={
+            "accuracy": {
+                "test_images": len(test_split),
+                "hftransfer_percent": _common.summarize(results["hftransfer_accuracy"]),
+                "peer_percent": _common.summarize(results["peer_accuracy"]),
+                "gap_points": round(accuracy_gap, 3),
+                "tolerance_points": args.accuracy_tolerance,
+                "equal": accuracy_ok,
             },
-            output=args.output,
-            started=started,
-        )
-        print(f"wrote {path}")
-    return 0
+            "goal": f">= {args.goal:g}x faster at equal accuracy (within {args.accuracy_tolerance} points)",
+            "goal_met": goal_met,
+            "goals_met": goal_met,
+        },
+    )
 
 
 if __name__ == "__main__":
