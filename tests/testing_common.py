@@ -36,3 +36,23 @@ def save_tiny_model(directory: Path, labels: Sequence[str], **overrides: Any) ->
     hftransfer.TransferForImageClassification(config).save_pretrained(directory)
     hftransfer.TransferImageProcessor.from_transfer_config(config).save_pretrained(directory)
     return directory
+
+
+def compute_split_features(model, processor, split, cache_dir):
+    """`load_or_compute_features` of a small split with its deterministic transform, on CPU, no workers."""
+    import torch
+
+    from hftransfer.data import ImageClassificationCollator, build_transforms
+    from hftransfer.training import load_or_compute_features
+
+    return load_or_compute_features(
+        model,
+        processor,
+        split.with_transform(build_transforms(processor)),
+        split._fingerprint,
+        ImageClassificationCollator(),
+        batch_size=8,
+        num_workers=0,
+        device=torch.device("cpu"),
+        cache_dir=cache_dir,
+    )

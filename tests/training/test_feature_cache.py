@@ -4,11 +4,12 @@ import json
 
 import pytest
 import torch
+from testing_common import compute_split_features
 
 from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
-from hftransfer.data import ImageClassificationCollator, build_transforms, load_image_classification_dataset
+from hftransfer.data import build_transforms, load_image_classification_dataset
 from hftransfer.recipes import recipe_from_dict
-from hftransfer.training import feature_cache_key, load_or_compute_features, train
+from hftransfer.training import feature_cache_key, train
 
 
 def _head_state(output_dir):
@@ -49,17 +50,7 @@ def small_split():
 
 
 def _compute(model, processor, split, cache_dir):
-    return load_or_compute_features(
-        model,
-        processor,
-        split.with_transform(build_transforms(processor)),
-        split._fingerprint,
-        ImageClassificationCollator(),
-        batch_size=8,
-        num_workers=0,
-        device=torch.device("cpu"),
-        cache_dir=cache_dir,
-    )
+    return compute_split_features(model, processor, split, cache_dir)
 
 
 def test_cache_is_reused_then_rebuilt_when_anything_changes(tmp_path, small_split):

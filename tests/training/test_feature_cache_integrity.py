@@ -12,11 +12,12 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from testing_common import compute_split_features
 
 from hftransfer import TransferConfig, TransferForImageClassification, TransferImageProcessor
-from hftransfer.data import ImageClassificationCollator, build_transforms, load_image_classification_dataset
+from hftransfer.data import load_image_classification_dataset
 from hftransfer.recipes import recipe_from_dict
-from hftransfer.training import load_or_compute_features, train
+from hftransfer.training import train
 
 
 def _image_folder(root, black=False):
@@ -75,17 +76,7 @@ def model_and_processor():
 
 
 def _compute(model, processor, split, cache_dir):
-    return load_or_compute_features(
-        model,
-        processor,
-        split.with_transform(build_transforms(processor)),
-        split._fingerprint,
-        ImageClassificationCollator(),
-        batch_size=8,
-        num_workers=0,
-        device=torch.device("cpu"),
-        cache_dir=cache_dir,
-    )
+    return compute_split_features(model, processor, split, cache_dir)
 
 
 def test_scrambled_tensor_bytes_fail_the_checksum_and_are_recomputed(tmp_path, split, model_and_processor, caplog):
