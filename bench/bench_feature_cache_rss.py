@@ -16,6 +16,7 @@ Run from the repo root: `.venv/bin/python bench/bench_feature_cache_rss.py` (~3 
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -38,16 +39,10 @@ def parse_args(argv=None):
     parser.add_argument("--sizes", type=int, nargs=2, default=[20_000, 200_000], help="Rows of the two caches.")
     parser.add_argument("--steps", type=int, default=200, help="Training steps of the head-only stage.")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--worker", choices=["hftransfer", "peer"], help=argparse_suppress())
-    parser.add_argument("--rows", type=int, help=argparse_suppress())
-    parser.add_argument("--work", type=Path, help=argparse_suppress())
+    parser.add_argument("--worker", choices=["hftransfer", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 class _MemorySampler:

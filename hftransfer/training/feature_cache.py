@@ -70,11 +70,6 @@ _SAFETENSORS_DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
 _TORCH_TO_SAFETENSORS = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
 
 
-def default_cache_dir() -> Path:
-    """`$HFTRANSFER_CACHE/features` (default `~/.cache/hftransfer/features`)."""
-    return features_cache_dir()
-
-
 def feature_cache_key(
     model: TransferForImageClassification,
     processor: TransferImageProcessor,
@@ -669,7 +664,7 @@ def load_or_compute_features(
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"feature cache dtype {dtype!r} is invalid: expected one of {tuple(STORAGE_DTYPES)}.")
     ranks = ranks or Ranks()
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache_dir = Path(cache_dir) if cache_dir else features_cache_dir()
     # The cache also stores the collated `extra_features`, so which columns feed them is part of the key.
     extra_columns = ",".join(getattr(collate_fn, "extra_feature_columns", ()) or ())
     key = feature_cache_key(

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..constants import features_cache_dir
 from ..data import build_transforms
 from ..recipes import Recipe, RecipeError, StageArguments, stage_augmentation
 from .feature_cache import (
     STORAGE_DTYPES,
     collate_cached_features,
-    default_cache_dir,
     frozen_weights_digest,
     load_or_compute_features,
 )
@@ -120,7 +120,7 @@ def prefix_cache_decision(
         spatial = model.config.image_size // backbone.stage_reductions[prefix_stage]
         item = torch.empty((), dtype=STORAGE_DTYPES[recipe.training.feature_cache_dtype]).element_size()
         bytes_per_image = backbone.stage_channels[prefix_stage] * spatial * spatial * item
-        cache_dir = Path(recipe.training.feature_cache_dir or default_cache_dir())
+        cache_dir = Path(recipe.training.feature_cache_dir or features_cache_dir())
         probe = next((p for p in (cache_dir, *cache_dir.parents) if p.exists()), Path("/"))
         free = shutil.disk_usage(probe).free
         decision.update(
