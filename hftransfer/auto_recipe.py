@@ -11,8 +11,9 @@ size and the number of examples, everything else fixed), and measured on this pr
   below 20,000, 5 above; learning rate 1e-3. The backbone runs once, so these epochs are cheap.
 - **Stage 2, fine-tuning** (`light` augmentation, backbone at 0.1x the head's learning rate, cosine schedule with
   10% warmup, early stopping after 3 evaluations without improvement): on a CPU the last 2 blocks, on a GPU the
-  whole backbone. Its length is a budget of images seen: `ceil(budget / num_train)` epochs, clamped to 2–30, with
-  budget 15,000 images on a CPU and 200,000 on a GPU; mixup (alpha 0.2) above 20,000 training images (BiT uses
+  whole backbone. Its length is a compute budget: `ceil(budget * (reference_size / image_size)**2 / num_train)`
+  epochs, clamped to 2–30, with budget 15,000 images at 64 px on a CPU and 200,000 at 224 px on a GPU (a step
+  costs about the square of the side, so 128 px photos on a CPU get a quarter of the 64 px images); mixup (alpha 0.2) above 20,000 training images (BiT uses
   mixup only for larger sets).
 - **Model selection**: the best validation accuracy across both stages is the final model.
 
@@ -34,7 +35,8 @@ logger = logging.getLogger(__name__)
 CPU_SIZE_RANGE = (64, 128)
 GPU_SIZE, GPU_SMALL_IMAGE_SIZE, SMALL_IMAGE_SIDE = 224, 128, 96
 HEAD_EPOCHS = ((1_000, 20), (20_000, 10), (math.inf, 5))
-FINETUNE_IMAGE_BUDGET = {"cpu": 15_000, "gpu": 200_000}
+# Images seen in stage 2 at the reference size (px); other sizes get the same compute: images * (ref / size)^2.
+FINETUNE_BUDGET = {"cpu": (15_000, 64), "gpu": (200_000, 224)}
 FINETUNE_EPOCH_RANGE = (2, 30)
 MIXUP_ABOVE = 20_000
 SIZE_SAMPLE = 64
@@ -66,9 +68,12 @@ def head_epochs(num_train: int) -> int:
     return next(epochs for limit, epochs in HEAD_EPOCHS if num_train < limit)
 
 
-def finetune_epochs(num_train: int, budget: str) -> int:
+def finetune_epochs(num_train: int, budget: str, image_size: int | None = None) -> int:
+    """Stage 2 epochs for `num_train` images at `image_size` px (default: the budget's reference size)."""
     low, high = FINETUNE_EPOCH_RANGE
-    return max(low, min(high, math.ceil(FINETUNE_IMAGE_BUDGET[budget] / max(num_train, 1))))
+    images, reference_size = FINETUNE_BUDGET[budget]
+    images *= (reference_size / (image_size or reference_size)) ** 2
+    return max(low, min(high, math.ceil(images / max(num_train, 1))))
 
 
 def auto_recipe(data: str, output_dir: str | None = None, budget: str | None = None) -> dict[str, Any]:
@@ -89,7 +94,7 @@ def auto_recipe(data: str, output_dir: str | None = None, budget: str | None = N
 
     if budget is None:
         budget = "gpu" if torch.cuda.is_available() else "cpu"
-    if budget not in FINETUNE_IMAGE_BUDGET:
+    if budget not in FINETUNE_BUDGET:
         raise ValueError(f"budget={budget!r} is invalid: expected 'cpu' or 'gpu'.")
     probe = load_image_classification_dataset(data, check_images="none", validation_split=VALIDATION_SPLIT)
     train = probe.splits["train"]
@@ -100,7 +105,7 @@ def auto_recipe(data: str, output_dir: str | None = None, budget: str | None = N
     finetune = {
         "name": "finetune",
         "trainable": "last_k" if budget == "cpu" else "all",
-        "epochs": finetune_epochs(num_train, budget),
+        "epochs": finetune_epochs(num_train, budget, image_size),
         "learning_rate": 3.0e-4,
         "backbone_lr_scale": 0.1,
         "lr_scheduler_type": "cosine",

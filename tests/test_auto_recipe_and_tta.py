@@ -46,6 +46,8 @@ def test_the_rule_picks_size_and_schedule_from_the_data():
     assert [head_epochs(n) for n in (300, 5_000, 50_000)] == [20, 10, 5]
     assert [finetune_epochs(n, "cpu") for n in (300, 4_500, 100_000)] == [30, 4, 2]
     assert finetune_epochs(4_500, "gpu") == 30
+    # The budget is compute: 128 px images cost ~4x the 64 px ones, so 675 photos get 6 epochs, not 23.
+    assert finetune_epochs(675, "cpu", image_size=128) == 6 and finetune_epochs(675, "cpu", image_size=64) == 23
 
 
 def test_auto_recipe_for_a_folder(image_folder, tmp_path):
