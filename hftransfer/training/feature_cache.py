@@ -337,8 +337,15 @@ def collate_cached_features(batch: dict[str, Any] | list[dict[str, Any]]) -> dic
 
 
 # --- computing --------------------------------------------------------------------------------------------------
-def feature_function(model: TransferForImageClassification, prefix_stage: int | None) -> Callable:
-    """What is cached: `forward_features` (pooled), or the output of backbone stage `prefix_stage`."""
+def feature_function(
+    model: TransferForImageClassification, prefix_stage: int | None, from_stage: int | None = None
+) -> Callable:
+    """What is cached: `forward_features` (pooled), or the output of backbone stage `prefix_stage`. With
+    `from_stage`, the input is the output of that backbone stage (a cached prefix) instead of pixels."""
+    if from_stage is not None:
+        if prefix_stage is not None:
+            raise ValueError("only pooled features can be computed from a cached prefix (prefix_stage must be None)")
+        return lambda hidden: model.pooler(model.backbone.forward_from_stage(hidden, from_stage, model.pooler.stages))
     if prefix_stage is None:
         return model.forward_features
     return lambda pixel_values: model.backbone.forward_intermediates(
@@ -358,12 +365,14 @@ def _frozen_outputs(
     channels_last: bool,
     description: str,
     show_progress: bool,
+    from_stage: int | None = None,
 ):
     """Run the frozen part over `dataset` once (eval mode, inference mode, batched): yields `(outputs, labels,
-    extra_features or None)` per batch."""
+    extra_features or None)` per batch. With `from_stage`, `dataset` holds cached outputs of that backbone stage."""
     was_training = model.training
     model.eval()
-    forward = feature_function(model, prefix_stage)
+    forward = feature_function(model, prefix_stage, from_stage)
+    input_name = "pixel_values" if from_stage is None else PREFIX_FEATURES
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -375,11 +384,11 @@ def _frozen_outputs(
     )
     try:
         for batch in tqdm(loader, desc=description, unit="batch", disable=not show_progress):
-            pixel_values = batch["pixel_values"].to(device, non_blocking=True)
+            inputs = batch[input_name].to(device, non_blocking=True)
             if channels_last:
-                pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                outputs = forward(pixel_values)
+                outputs = forward(inputs)
             yield outputs, batch["labels"], batch.get("extra_features")
     finally:
         model.train(was_training)
@@ -634,6 +643,7 @@ def load_or_compute_features(
     channels_last: bool | None = None,
     ranks: Ranks | None = None,
     weights_digest: str | None = None,
+    from_prefix_stage: int | None = None,
 ) -> tuple[CachedFeatureDataset, Path, bool]:
     """Return the cached frozen outputs of `dataset`, computing and writing them first when absent or stale.
 
@@ -656,6 +666,9 @@ def load_or_compute_features(
         channels_last (`bool`, *optional*, defaults to `True`): Feed the pass channels_last inputs.
         ranks ([`Ranks`], *optional*): The process group's ranks (default: from torch.distributed).
         weights_digest (`str`, *optional*): [`frozen_weights_digest`] of the model, when already computed.
+        from_prefix_stage (`int`, *optional*): `dataset` is a [`CachedFeatureDataset`] of the output of this backbone
+            stage (a frozen-prefix entry, collated by [`collate_cached_features`]); the pooled features are computed
+            from it by the later stages only. Same entry (key) as from images: the values agree to float rounding.
 
     Returns:
         `(dataset, path, was_computed)`: the [`CachedFeatureDataset`] (its `info` holds rows, rows computed per rank,
@@ -663,6 +676,8 @@ def load_or_compute_features(
     """
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"feature cache dtype {dtype!r} is invalid: expected one of {tuple(STORAGE_DTYPES)}.")
+    if from_prefix_stage is not None and prefix_stage is not None:
+        raise ValueError("from_prefix_stage computes pooled features: prefix_stage must be None.")
     ranks = ranks or Ranks()
     cache_dir = Path(cache_dir) if cache_dir else features_cache_dir()
     # The cache also stores the collated `extra_features`, so which columns feed them is part of the key.
@@ -706,6 +721,7 @@ def load_or_compute_features(
             channels_last=channels_last,
             description=description,
             show_progress=ranks.is_main_process,
+            from_stage=from_prefix_stage,
         )
         sidecars = [
             s for rank_sidecars in ranks.all_gather(written) for s in (rank_sidecars if streamed else [rank_sidecars])

@@ -51,6 +51,9 @@ class StagePlan:
         use_feature_cache (`bool`): Train the head on cached pooled features.
         prefix_stage (`int`, *optional*): Train on the cached output of this (last frozen) backbone stage.
         prefix_decision (`dict`): Why the frozen-prefix cache was or was not used (bytes, FLOP share, epochs).
+        shared_prefix_stage (`int`, *optional*): For a stage on cached pooled features: the next stage that trains
+            the backbone will train on the cached output of this backbone stage, so this stage computes that cache
+            and derives its pooled features from it (one pass of the frozen blocks over the data, not two).
     """
 
     augmentation: Any
@@ -58,6 +61,7 @@ class StagePlan:
     use_feature_cache: bool = False
     prefix_stage: int | None = None
     prefix_decision: dict[str, Any] = field(default_factory=dict)
+    shared_prefix_stage: int | None = None
 
     @property
     def cached(self) -> bool:
@@ -154,8 +158,21 @@ def _human(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
-def plan_stage(recipe: Recipe, stage: StageArguments, model, processor, rows: int, train_rows: int, world_size: int):
-    """The stage's training transform and which cache (if any) it trains on; the reasons go to the log."""
+def plan_stage(
+    recipe: Recipe,
+    stage: StageArguments,
+    model,
+    processor,
+    rows: int,
+    train_rows: int,
+    world_size: int,
+    later_stages: tuple[StageArguments, ...] = (),
+):
+    """The stage's training transform and which cache (if any) it trains on; the reasons go to the log.
+
+    `later_stages` (the recipe's stages after this one) let a head-only stage on cached features compute the
+    frozen-prefix cache that the next backbone-training stage will use, in the same pass (`shared_prefix_stage`).
+    """
     augmentation = stage_augmentation(recipe, stage)
     train_transform = build_transforms(processor, augmentation=augmentation)
     mixes = stage.mixup_alpha > 0 or stage.cutmix_alpha > 0
@@ -175,6 +192,17 @@ def plan_stage(recipe: Recipe, stage: StageArguments, model, processor, rows: in
             stage.name,
             reason,
         )
+    if plan.use_feature_cache:
+        plan.shared_prefix_stage = _next_prefix_stage(
+            recipe, later_stages, model, processor, rows, train_rows, world_size
+        )
+        if plan.shared_prefix_stage is not None:
+            logger.info(
+                "Stage %s: computing the frozen prefix (backbone stages 0-%d) that a later stage trains on, and its "
+                "pooled features from it: one pass of the frozen blocks over the data for both stages.",
+                stage.name,
+                plan.shared_prefix_stage,
+            )
     decision = prefix_cache_decision(recipe, stage, model, train_transform, rows, train_rows, world_size)
     plan.prefix_decision = decision
     if decision["used"]:
@@ -192,6 +220,21 @@ def plan_stage(recipe: Recipe, stage: StageArguments, model, processor, rows: in
     elif stage.trainable == "last_k" and stage.cache_frozen_prefix != "never":
         logger.info("Stage %s: not caching the frozen prefix because %s.", stage.name, decision["reason"])
     return plan
+
+
+def _next_prefix_stage(recipe: Recipe, later_stages, model, processor, rows: int, train_rows: int, world_size: int):
+    """The prefix stage the next backbone-training stage will cache, when this stage can compute it for it.
+
+    Head-only stages leave the backbone as it is, so the frozen prefix of the first later stage that trains the
+    backbone is the one this stage sees. Only float32 storage (pooled features from a rounded prefix would differ
+    from the ones computed from pixels under the same cache key) and no extra feature columns (part of the key).
+    """
+    following = next((s for s in later_stages if s.trainable != "head"), None)
+    if following is None or recipe.training.feature_cache_dtype != "float32" or recipe.data.extra_feature_columns:
+        return None
+    transform = build_transforms(processor, augmentation=stage_augmentation(recipe, following))
+    decision = prefix_cache_decision(recipe, following, model, transform, rows, train_rows, world_size)
+    return decision["prefix_stage"] if decision["used"] else None
 
 
 class StreamedSplit(torch.utils.data.IterableDataset):
@@ -251,26 +294,56 @@ def stage_datasets(tuner, stage: StageArguments, plan: StagePlan, device: torch.
     what = "features" if plan.prefix_stage is None else "frozen-prefix activations"
     cached, report = {}, {"kind": "pooled" if plan.prefix_stage is None else "prefix", "splits": {}}
     weights_digest = frozen_weights_digest(tuner.model, plan.prefix_stage)  # once for both splits
+    shared = plan.shared_prefix_stage
+    if shared is not None:
+        report["shared_prefix"] = {"stage": shared, "splits": {}}
+        shared_digest = frozen_weights_digest(tuner.model, shared)
+    common = {
+        "batch_size": recipe.training.per_device_eval_batch_size,
+        "num_workers": feature_pass_workers(recipe.training.dataloader_num_workers, device),
+        "device": device,
+        "cache_dir": recipe.training.feature_cache_dir,
+        "dtype": recipe.training.feature_cache_dtype,
+        "ranks": tuner.ranks,
+    }
     for split in ("train", "validation"):
         if split == "train" and streamed:  # read once, in stream order: the cache fixes the rows the head trains on
             rows = StreamedSplit(tuner.data.train, tuner.eval_transform)
         else:
             rows = splits[split].with_transform(tuner.eval_transform)
+        collator, from_stage = tuner.collator, None
+        if shared is not None:  # the later stage's prefix first; the pooled features then cost only the last blocks
+            rows, prefix_path, computed = load_or_compute_features(
+                tuner.model,
+                tuner.processor,
+                rows,
+                tuner.split_fingerprint(split),
+                tuner.collator,
+                description=f"[{stage.name}] caching {split} frozen-prefix activations",
+                prefix_stage=shared,
+                weights_digest=shared_digest,
+                **common,
+            )
+            logger.info(
+                "Stage %s: %s frozen-prefix activations %s %s",
+                stage.name,
+                split,
+                "computed into" if computed else "loaded from",
+                prefix_path,
+            )
+            report["shared_prefix"]["splits"][split] = dict(rows.info)
+            collator, from_stage = collate_cached_features, shared
         dataset, path, computed = load_or_compute_features(
             tuner.model,
             tuner.processor,
             rows,
             tuner.split_fingerprint(split),
-            tuner.collator,
-            batch_size=recipe.training.per_device_eval_batch_size,
-            num_workers=feature_pass_workers(recipe.training.dataloader_num_workers, device),
-            device=device,
-            cache_dir=recipe.training.feature_cache_dir,
+            collator,
             description=f"[{stage.name}] caching {split} {'backbone ' if plan.prefix_stage is None else ''}{what}",
-            dtype=recipe.training.feature_cache_dtype,
             prefix_stage=plan.prefix_stage,
-            ranks=tuner.ranks,
             weights_digest=weights_digest,
+            from_prefix_stage=from_stage,
+            **common,
         )
         logger.info(
             "Stage %s: %s %s %s %s", stage.name, split, what, "computed into" if computed else "loaded from", path

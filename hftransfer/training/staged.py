@@ -232,6 +232,7 @@ class StagedFineTuner:
             rows=(self._train_rows() or 0) + len(splits["validation"]),
             train_rows=self._train_rows() or 0,
             world_size=self.ranks.world_size,
+            later_stages=tuple(self.recipe.stages[index + 1 :]),
         )
         augmentation = plan.augmentation
         # Building the arguments sets up the process group (multi-process runs) that the cache step synchronises on.

@@ -3,6 +3,7 @@ the frozen blocks, with the same result as recomputing them every epoch; `auto` 
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,3 +110,55 @@ def test_resnet_prefix_is_not_cached_and_says_why(tmp_path, make_recipe, feature
     transform = build_transforms(TransferImageProcessor.from_transfer_config(config))
     decision = prefix_cache_decision(recipe, recipe.stages[0], model, transform, 96, 64, 1)
     assert decision["used"] is False and "cannot resume from an intermediate stage" in decision["reason"]
+
+
+def test_head_stage_computes_the_next_stages_prefix_in_its_own_pass(tmp_path, make_recipe, caplog):
+    """Head stage on cached features, then a last-2-blocks stage on a cached prefix: the frozen blocks run over the
+    data once. Stage 1 caches the prefix and derives its pooled features from it; stage 2 finds the prefix."""
+    stages = [
+        {"name": "head", "epochs": 1, "learning_rate": 0.001, "trainable": "head", "cache_features": True},
+        {
+            "name": "finetune",
+            "epochs": 2,
+            "learning_rate": 0.001,
+            "trainable": "last_k",
+            "last_k_blocks": 2,
+            "cache_frozen_prefix": "always",
+        },
+    ]
+    data = {"max_train_samples": 64, "max_eval_samples": 32}
+    training = {"per_device_train_batch_size": 16, "save_strategy": "no"}
+    with caplog.at_level(logging.INFO, logger="hftransfer"):
+        shared = train(
+            recipe_from_dict(
+                make_recipe(tmp_path / "shared", tmp_path / "cache", data=data, stages=stages, training=training)
+            )
+        )
+    head, finetune = shared.metrics["stages"]
+    assert head["feature_cache"]["shared_prefix"]["stage"] == 2
+    assert {s: v["rows_computed_per_rank"] for s, v in head["feature_cache"]["shared_prefix"]["splits"].items()} == {
+        "train": [64],
+        "validation": [32],
+    }
+    assert head["feature_cache"]["rows_computed_per_rank"] == [96]  # pooled features: from the prefix
+    assert finetune["used_prefix_cache"] is True
+    assert finetune["feature_cache"]["rows_computed_per_rank"] == [0]  # no second pass of blocks 1-3
+    assert any("one pass of the frozen blocks over the data for both" in r.getMessage() for r in caplog.records)
+
+    # The same recipe without the prefix stage computes the pooled features from pixels: the same entry (key), the
+    # same values to float rounding.
+    alone = make_recipe(tmp_path / "alone", tmp_path / "other-cache", data=data, stages=stages[:1], training=training)
+    alone_metrics = train(recipe_from_dict(alone)).metrics["stages"][0]["feature_cache"]
+    assert "shared_prefix" not in alone_metrics
+    for split in ("train", "validation"):
+        derived = Path(head["feature_cache"]["splits"][split]["path"])
+        direct = Path(alone_metrics["splits"][split]["path"])
+        assert derived.name == direct.name  # the cache key
+        derived_rows, direct_rows = (
+            {k: v for d in sorted(p.glob("shard-*.safetensors")) for k, v in load_file(str(d)).items()}
+            for p in (derived, direct)
+        )
+        torch.testing.assert_close(derived_rows["labels"], direct_rows["labels"], atol=0, rtol=0)
+        torch.testing.assert_close(
+            derived_rows["pooled_features"], direct_rows["pooled_features"], atol=1e-5, rtol=1e-5
+        )
