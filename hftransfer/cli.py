@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             "evaluate, predict, write the model card and push to the Hub."
         ),
         epilog="Run `hftransfer COMMAND --help` for the options of a command. Quickstart: `hftransfer train "
-        "quickstart` (offline, under 10 minutes on 2 CPU cores).",
+        "quickstart` (offline, about 4 minutes of training on 2 CPU cores).",
         formatter_class=HelpFormatter,
         allow_abbrev=False,
     )
